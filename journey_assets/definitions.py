@@ -1,0 +1,39 @@
+"""The one ``Definitions`` of the journey_assets code location.
+
+Built lazily (``@dg.definitions``): the environment is read when Dagster loads the code
+location, not when this module is imported.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from journey_assets.resources import build_resources
+from journey_assets.settings import Settings
+
+
+def executor_for(settings: Settings) -> dg.ExecutorDefinition:
+    """In-process locally (one Spark session shared by every step); pods on Kubernetes."""
+    if settings.deployment == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    return dg.in_process_executor
+
+
+def build_definitions(settings: Settings | None = None) -> dg.Definitions:
+    settings = settings or Settings.from_env()
+    return dg.Definitions(
+        assets=[],
+        asset_checks=[],
+        jobs=[],
+        schedules=[],
+        sensors=[],
+        resources=build_resources(settings),
+        executor=executor_for(settings),
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions()

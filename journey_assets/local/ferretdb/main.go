@@ -1,0 +1,46 @@
+// Command journey-ferretdb runs FerretDB (MongoDB wire protocol, SQLite storage) for the local
+// stack. It embeds FerretDB's public `ferretdb` package: `go install` of FerretDB's own command
+// from the module proxy panics at start because the module zip lacks build/version/version.txt.
+package main
+
+import (
+	"context"
+	"flag"
+	"log"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/FerretDB/FerretDB/ferretdb"
+)
+
+func main() {
+	listen := flag.String("listen-addr", "127.0.0.1:27017", "TCP address to listen on")
+	sqliteURL := flag.String("sqlite-url", "file:data/", "SQLite data folder as a file: URL ending in /")
+	level := flag.String("log-level", "warn", "debug, info, warn or error")
+	flag.Parse()
+
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+		log.Fatalf("bad -log-level %q: %v", *level, err)
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+
+	server, err := ferretdb.New(&ferretdb.Config{
+		Listener:  ferretdb.ListenerConfig{TCP: *listen},
+		Logger:    logger,
+		Handler:   "sqlite",
+		SQLiteURL: *sqliteURL,
+	})
+	if err != nil {
+		log.Fatalf("ferretdb: %v", err)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	logger.Info("listening", "uri", server.MongoDBURI())
+	if err := server.Run(ctx); err != nil && ctx.Err() == nil {
+		log.Fatalf("ferretdb: %v", err)
+	}
+}

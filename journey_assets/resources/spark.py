@@ -1,0 +1,53 @@
+"""The Spark session: local mode by default, any master (k8s://...) by configuration."""
+
+from __future__ import annotations
+
+import dagster as dg
+from pyspark.sql import SparkSession
+
+
+def build_spark_session(
+    master: str = "local[2]", app_name: str = "journey_assets", shuffle_partitions: int = 4,
+    driver_memory: str = "4g", extra_conf: dict[str, str] | None = None,
+) -> SparkSession:
+    """Get (or create) the process's Spark session with the Kafka connector on its classpath.
+
+    Connector jars are resolved once into ``.local/spark-jars`` (or come baked into the image),
+    so starting a session needs no network.
+    """
+    from journey_assets.local.artifacts import spark_connector_jars
+
+    jars = ",".join(str(j) for j in spark_connector_jars())
+    builder = (
+        SparkSession.builder.master(master)
+        .appName(app_name)
+        .config("spark.jars", jars)
+        .config("spark.driver.memory", driver_memory)
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
+        .config("spark.sql.adaptive.enabled", "true")
+        .config("spark.sql.adaptive.coalescePartitions.enabled", "true")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.streaming.stateStore.providerClass",
+                "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider")
+    )
+    for key, value in (extra_conf or {}).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+class SparkResource(dg.ConfigurableResource):
+    """Spark session settings (``JOURNEY_SPARK_MASTER``; executors on Kubernetes via conf)."""
+
+    master: str = "local[2]"
+    app_name: str = "journey_assets"
+    shuffle_partitions: int = 4
+    driver_memory: str = "4g"
+    conf: dict[str, str] = {}
+
+    def get_session(self) -> SparkSession:
+        return build_spark_session(self.master, self.app_name, self.shuffle_partitions,
+                                   self.driver_memory, self.conf)

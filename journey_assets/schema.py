@@ -1,0 +1,288 @@
+"""The REES46 event: the one source of truth for field names, types and validation rules.
+
+Two executions of the same rules live here side by side so that they cannot drift apart:
+``validate_record`` (plain Python: CSV reader, producer, tests) and ``validate_columns``
+(Spark: the streaming and batch parse). ``event_id`` / ``event_id_col`` likewise hash the nine
+fields identically in Python and in Spark, so an event keeps its ``_id`` wherever it is computed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pyspark.sql import Column
+from pyspark.sql import functions as F
+from pyspark.sql.types import (
+    DoubleType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+# -- fields -------------------------------------------------------------------------------
+EVENT_TIME = "event_time"
+EVENT_TYPE = "event_type"
+PRODUCT_ID = "product_id"
+CATEGORY_ID = "category_id"
+CATEGORY_CODE = "category_code"
+BRAND = "brand"
+PRICE = "price"
+USER_ID = "user_id"
+USER_SESSION = "user_session"
+
+#: CSV header order of the Kaggle files, and the order in which fields are hashed.
+CSV_COLUMNS: tuple[str, ...] = (
+    EVENT_TIME, EVENT_TYPE, PRODUCT_ID, CATEGORY_ID, CATEGORY_CODE, BRAND, PRICE, USER_ID,
+    USER_SESSION,
+)
+CSV_HEADER = ",".join(CSV_COLUMNS)
+
+REQUIRED_FIELDS: tuple[str, ...] = (EVENT_TIME, EVENT_TYPE, PRODUCT_ID, CATEGORY_ID, PRICE, USER_ID)
+INTEGER_FIELDS: tuple[str, ...] = (PRODUCT_ID, CATEGORY_ID, USER_ID)
+NULLABLE_FIELDS: tuple[str, ...] = (CATEGORY_CODE, BRAND, USER_SESSION)
+
+EVENT_TYPES: tuple[str, ...] = ("view", "cart", "remove_from_cart", "purchase")
+
+#: Text form of event_time in the files and on the wire.
+TIME_FORMAT_PY = "%Y-%m-%d %H:%M:%S UTC"
+TIME_FORMAT_SPARK = "yyyy-MM-dd HH:mm:ss 'UTC'"
+
+# Derived fields (enrichment contract).
+EVENT_ID = "event_id"
+EVENT_DATE = "event_date"
+CATEGORY_L1 = "category_l1"
+PRICE_TIER = "price_tier"
+UNKNOWN_CATEGORY = "unknown"
+PRICE_TIERS: tuple[tuple[str, float], ...] = (("Budget", 20.0), ("Mid-Range", 100.0))
+TOP_PRICE_TIER = "Premium"
+
+#: The typed event (what the parse produces for valid records).
+EVENT_SCHEMA = StructType([
+    StructField(EVENT_TIME, TimestampType(), False),
+    StructField(EVENT_TYPE, StringType(), False),
+    StructField(PRODUCT_ID, LongType(), False),
+    StructField(CATEGORY_ID, LongType(), False),
+    StructField(CATEGORY_CODE, StringType(), True),
+    StructField(BRAND, StringType(), True),
+    StructField(PRICE, DoubleType(), False),
+    StructField(USER_ID, LongType(), False),
+    StructField(USER_SESSION, StringType(), True),
+])
+
+#: How raw JSON / CSV text is read before validation: every field as text, so that a bad
+#: value becomes a reason instead of a silent null.
+RAW_SCHEMA = StructType([StructField(name, StringType(), True) for name in CSV_COLUMNS])
+
+# -- rejection reasons --------------------------------------------------------------------
+MALFORMED_JSON = "malformed_json"
+MALFORMED_CSV = "malformed_csv"
+UNKNOWN_EVENT_TYPE = "unknown_event_type"
+UNPARSABLE_EVENT_TIME = "unparsable_event_time"
+NON_NUMERIC_PRICE = "non_numeric_price"
+NEGATIVE_PRICE = "negative_price"
+
+
+def missing(field: str) -> str:
+    return f"missing_{field}"
+
+
+def non_integer(field: str) -> str:
+    return f"non_integer_{field}"
+
+
+_INTEGER_RE = r"^-?[0-9]+$"
+_NUMBER_RE = r"^-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
+_INTEGER_PY = re.compile(_INTEGER_RE)
+_NUMBER_PY = re.compile(_NUMBER_RE)
+# The hash separator: a control character that never occurs in REES46 text.
+_SEP = "\x1f"
+_NULL = "\\N"
+
+
+# -- Python side --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rejection:
+    reason: str
+    raw: str
+
+
+def as_text(value: Any) -> str | None:
+    """The text a value has on the wire (None and blank mean absent)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else "nan"
+    text = str(value)
+    return text if text.strip() != "" else None
+
+
+def parse_time(text: str) -> datetime | None:
+    try:
+        return datetime.strptime(text, TIME_FORMAT_PY).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def format_time(ts: datetime) -> str:
+    return ts.astimezone(UTC).strftime(TIME_FORMAT_PY)
+
+
+def validate_record(record: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """Check one raw record (CSV row or decoded JSON) against the rules.
+
+    Returns ``(event, None)`` with typed values, or ``(None, reason)``. The same rules, in the
+    same order, are ``validate_columns`` in Spark.
+    """
+    text = {name: as_text(record.get(name)) for name in CSV_COLUMNS}
+    for name in REQUIRED_FIELDS:
+        if text[name] is None:
+            return None, missing(name)
+    if text[EVENT_TYPE] not in EVENT_TYPES:
+        return None, UNKNOWN_EVENT_TYPE
+    ts = parse_time(text[EVENT_TIME])  # type: ignore[arg-type]
+    if ts is None:
+        return None, UNPARSABLE_EVENT_TIME
+    for name in INTEGER_FIELDS:
+        if not _INTEGER_PY.match(text[name]):  # type: ignore[arg-type]
+            return None, non_integer(name)
+    if not _NUMBER_PY.match(text[PRICE]):  # type: ignore[arg-type]
+        return None, NON_NUMERIC_PRICE
+    price = float(text[PRICE])  # type: ignore[arg-type]
+    if price < 0:
+        return None, NEGATIVE_PRICE
+    event = {
+        EVENT_TIME: ts,
+        EVENT_TYPE: text[EVENT_TYPE],
+        PRODUCT_ID: int(text[PRODUCT_ID]),  # type: ignore[arg-type]
+        CATEGORY_ID: int(text[CATEGORY_ID]),  # type: ignore[arg-type]
+        CATEGORY_CODE: text[CATEGORY_CODE],
+        BRAND: text[BRAND],
+        PRICE: price,
+        USER_ID: int(text[USER_ID]),  # type: ignore[arg-type]
+        USER_SESSION: text[USER_SESSION],
+    }
+    return event, None
+
+
+def _price_micros(price: float) -> int:
+    # round() is half-even on the exact binary value, like Spark's bround.
+    return round(price * 1_000_000)
+
+
+def _epoch_seconds(ts: datetime) -> int:
+    return int((ts - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() // 1)
+
+
+def event_id(event: Mapping[str, Any]) -> str:
+    """SHA-256 over the nine typed fields: equal for rows identical in all nine fields."""
+    parts = [
+        str(_epoch_seconds(event[EVENT_TIME])),
+        event[EVENT_TYPE],
+        str(event[PRODUCT_ID]),
+        str(event[CATEGORY_ID]),
+        event[CATEGORY_CODE] if event[CATEGORY_CODE] is not None else _NULL,
+        event[BRAND] if event[BRAND] is not None else _NULL,
+        str(_price_micros(event[PRICE])),
+        str(event[USER_ID]),
+        event[USER_SESSION] if event[USER_SESSION] is not None else _NULL,
+    ]
+    return hashlib.sha256(_SEP.join(parts).encode("utf-8")).hexdigest()
+
+
+def category_l1(category_code: str | None) -> str:
+    if not category_code:
+        return UNKNOWN_CATEGORY
+    return category_code.split(".", 1)[0]
+
+
+def price_tier(price: float) -> str:
+    for name, upper in PRICE_TIERS:
+        if price < upper:
+            return name
+    return TOP_PRICE_TIER
+
+
+# -- Spark side ---------------------------------------------------------------------------
+def _blank_to_null(c: Column) -> Column:
+    return F.when(F.trim(c) == "", F.lit(None)).otherwise(c)
+
+
+def validate_columns(raw: Column | None = None) -> tuple[Column, dict[str, Column]]:
+    """Spark twin of ``validate_record`` over a struct of text fields (``RAW_SCHEMA``).
+
+    Returns ``(reason, typed)``: a column that is null for a valid record and the rejection
+    reason otherwise, and the typed field expressions (meaningful where reason is null).
+    """
+    def field(name: str) -> Column:
+        c = raw[name] if raw is not None else F.col(name)
+        return _blank_to_null(c)
+
+    ts = F.try_to_timestamp(field(EVENT_TIME), F.lit(TIME_FORMAT_SPARK))
+    price_text = field(PRICE)
+    reason = None
+    checks: list[tuple[Column, str]] = [
+        *((field(name).isNull(), missing(name)) for name in REQUIRED_FIELDS),
+        (~field(EVENT_TYPE).isin(*EVENT_TYPES), UNKNOWN_EVENT_TYPE),
+        (ts.isNull(), UNPARSABLE_EVENT_TIME),
+        *((~field(name).rlike(_INTEGER_RE), non_integer(name)) for name in INTEGER_FIELDS),
+        (~price_text.rlike(_NUMBER_RE), NON_NUMERIC_PRICE),
+        (price_text.cast(DoubleType()) < 0, NEGATIVE_PRICE),
+    ]
+    for condition, why in checks:
+        reason = F.when(condition, F.lit(why)) if reason is None else reason.when(condition, F.lit(why))
+    typed = {
+        EVENT_TIME: ts,
+        EVENT_TYPE: field(EVENT_TYPE),
+        PRODUCT_ID: field(PRODUCT_ID).try_cast(LongType()),
+        CATEGORY_ID: field(CATEGORY_ID).try_cast(LongType()),
+        CATEGORY_CODE: field(CATEGORY_CODE),
+        BRAND: field(BRAND),
+        PRICE: price_text.try_cast(DoubleType()),
+        USER_ID: field(USER_ID).try_cast(LongType()),
+        USER_SESSION: field(USER_SESSION),
+    }
+    return reason, typed  # type: ignore[return-value]
+
+
+def event_id_col() -> Column:
+    """Spark twin of ``event_id`` over the typed columns."""
+    def nullable(name: str) -> Column:
+        return F.coalesce(F.col(name), F.lit(_NULL))
+
+    parts = [
+        F.unix_timestamp(F.col(EVENT_TIME)).cast("string"),
+        F.col(EVENT_TYPE),
+        F.col(PRODUCT_ID).cast("string"),
+        F.col(CATEGORY_ID).cast("string"),
+        nullable(CATEGORY_CODE),
+        nullable(BRAND),
+        F.bround(F.col(PRICE) * F.lit(1_000_000.0), 0).cast("long").cast("string"),
+        F.col(USER_ID).cast("string"),
+        nullable(USER_SESSION),
+    ]
+    return F.sha2(F.concat_ws(_SEP, *parts), 256)
+
+
+def category_l1_col(code: Column | None = None) -> Column:
+    code = F.col(CATEGORY_CODE) if code is None else code
+    return F.when(code.isNull() | (code == ""), F.lit(UNKNOWN_CATEGORY)).otherwise(
+        F.split(code, r"\.").getItem(0)
+    )
+
+
+def price_tier_col(price: Column | None = None) -> Column:
+    price = F.col(PRICE) if price is None else price
+    expr = None
+    for name, upper in PRICE_TIERS:
+        expr = F.when(price < upper, F.lit(name)) if expr is None else expr.when(price < upper, F.lit(name))
+    return expr.otherwise(F.lit(TOP_PRICE_TIER))  # type: ignore[union-attr]

@@ -1,0 +1,78 @@
+"""Shared fixtures: the real local stack, one Spark session, an isolated database and topic.
+
+The stack (Kafka + FerretDB) is started if it is not already running and stopped again at
+the end only when this test run started it. Each test run gets its own MongoDB database and
+topic names, so a developer's `journey dev` data is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pymongo import MongoClient
+from pymongo.database import Database
+
+from journey_assets.local.stack import LocalStack
+from journey_assets.resources.kafka import ensure_topic
+from journey_assets.settings import DEFAULT_KAFKA_BOOTSTRAP, DEFAULT_MONGO_URI, Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session")
+def local_stack() -> Iterator[LocalStack]:
+    os.environ.setdefault("JOURNEY_HOME", str(PROJECT_ROOT / ".local"))
+    stack = LocalStack()
+    already = all(svc.pid() is not None for svc in stack.services)
+    stack.up()
+    yield stack
+    if not already and os.environ.get("JOURNEY_KEEP_STACK") != "1":
+        stack.down()
+
+
+@pytest.fixture(scope="session")
+def settings(local_stack: LocalStack, run_id: str, tmp_path_factory) -> Settings:
+    return Settings(
+        kafka_bootstrap=DEFAULT_KAFKA_BOOTSTRAP,
+        mongo_uri=DEFAULT_MONGO_URI,
+        mongo_db=f"journey_test_{run_id}",
+        topic=f"customer_events_{run_id}",
+        data_dir=tmp_path_factory.mktemp("data"),
+    )
+
+
+@pytest.fixture(scope="session")
+def mongo_db(settings: Settings) -> Iterator[Database]:
+    client: MongoClient = MongoClient(settings.mongo_uri, tz_aware=True)
+    db = client[settings.mongo_db]
+    yield db
+    client.drop_database(settings.mongo_db)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def spark(local_stack: LocalStack):
+    """One Spark session for the whole run: starting one costs 20+ s here."""
+    from journey_assets.resources.spark import build_spark_session
+
+    session = build_spark_session(master="local[2]", app_name="journey_assets_tests",
+                                  shuffle_partitions=2, driver_memory="3g")
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def fresh_topic(settings: Settings) -> str:
+    """A new, empty topic with 3 partitions for one test."""
+    name = f"{settings.topic}_{uuid.uuid4().hex[:6]}"
+    ensure_topic(settings.kafka_bootstrap, name, partitions=3)
+    return name
