@@ -16,7 +16,7 @@ import pytest
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from journey_assets.local.stack import LocalStack
+from journey_assets.local.stack import LocalStack, kafka_ready, mongo_ready
 from journey_assets.resources.kafka import ensure_topic
 from journey_assets.settings import DEFAULT_KAFKA_BOOTSTRAP, DEFAULT_MONGO_URI, Settings
 
@@ -30,12 +30,16 @@ def run_id() -> str:
 
 @pytest.fixture(scope="session")
 def local_stack() -> Iterator[LocalStack]:
+    """The embedded stack, started for this run unless Kafka and a MongoDB-wire server already
+    answer on the default addresses (a developer's `journey stack up`, or another checkout's)."""
     os.environ.setdefault("JOURNEY_HOME", str(PROJECT_ROOT / ".local"))
     stack = LocalStack()
-    already = all(svc.pid() is not None for svc in stack.services)
-    stack.up()
+    started_here = False
+    if not (kafka_ready(stack.kafka.port) and mongo_ready(stack.mongo.port)):
+        started_here = all(svc.pid() is None for svc in stack.services)
+        stack.up()
     yield stack
-    if not already and os.environ.get("JOURNEY_KEEP_STACK") != "1":
+    if started_here and os.environ.get("JOURNEY_KEEP_STACK") != "1":
         stack.down()
 
 

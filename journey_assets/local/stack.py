@@ -169,7 +169,7 @@ class LocalStack:
     def _up_kafka(self) -> str:
         svc = self.kafka
         if svc.pid() is not None:
-            _wait_until(lambda: _kafka_ready(svc.port), svc, 60)
+            _wait_until(lambda: kafka_ready(svc.port), svc, 60)
             return f"kafka     already running (pid {svc.pid()}) on {HOST}:{svc.port}"
         self._check_port_free(svc, svc.port)
         self._check_port_free(svc, self.kafka_controller_port)
@@ -196,13 +196,13 @@ class LocalStack:
             if proc.returncode != 0:
                 raise StackError(f"formatting Kafka storage failed: {proc.stdout}{proc.stderr}")
         pid = _spawn(svc, ["java", *java_opts, "-cp", classpath, "kafka.Kafka", str(props)])
-        _wait_until(lambda: _kafka_ready(svc.port), svc, 90)
+        _wait_until(lambda: kafka_ready(svc.port), svc, 90)
         return f"kafka     started (pid {pid}) on {HOST}:{svc.port}; logs {svc.log_file}"
 
     def _up_mongo(self) -> str:
         svc = self.mongo
         if svc.pid() is not None:
-            _wait_until(lambda: _mongo_ready(svc.port), svc, 30)
+            _wait_until(lambda: mongo_ready(svc.port), svc, 30)
             return f"ferretdb  already running (pid {svc.pid()}) on {HOST}:{svc.port}"
         self._check_port_free(svc, svc.port)
         binary = ferretdb_binary(self.artifacts_home)
@@ -213,7 +213,7 @@ class LocalStack:
             "-log-level=warn",
         ]
         pid = _spawn(svc, argv, cwd=data)
-        _wait_until(lambda: _mongo_ready(svc.port), svc, 30)
+        _wait_until(lambda: mongo_ready(svc.port), svc, 30)
         return f"ferretdb  started (pid {pid}) on {HOST}:{svc.port}; logs {svc.log_file}"
 
     # -- status / down --------------------------------------------------------------------
@@ -262,7 +262,7 @@ def _kafka_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
-def _kafka_ready(port: int) -> bool:
+def kafka_ready(port: int) -> bool:
     if not port_open(port):
         return False
     from kafka import KafkaAdminClient
@@ -282,7 +282,7 @@ def _kafka_ready(port: int) -> bool:
         admin.close()
 
 
-def _mongo_ready(port: int) -> bool:
+def mongo_ready(port: int) -> bool:
     if not port_open(port):
         return False
     from pymongo import MongoClient
