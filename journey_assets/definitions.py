@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import dagster as dg
 
+from journey_assets import k8s
 from journey_assets.resources import build_resources
 from journey_assets.settings import Settings
 
 
 def executor_for(settings: Settings) -> dg.ExecutorDefinition:
-    """In-process locally (one Spark session shared by every step); pods on Kubernetes."""
-    if settings.deployment == "k8s":
-        from dagster_k8s import k8s_job_executor
-
-        return k8s_job_executor
-    return dg.in_process_executor
+    """In-process locally (one Spark session shared by every step); one Kubernetes Job per step
+    (k8s_job_executor with default pod resources, see journey_assets.k8s) when
+    JOURNEY_DEPLOYMENT=k8s. The run launcher (K8sRunLauncher) is instance config: helm/."""
+    return k8s.executor_for(settings)
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
@@ -29,7 +28,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         jobs=[],
         schedules=[],
         sensors=[],
-        resources=build_resources(settings),
+        resources={**build_resources(settings), **k8s.deployment_resources(settings)},
         executor=executor_for(settings),
     )
 
