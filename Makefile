@@ -24,7 +24,7 @@ test: setup lint
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check journey_assets journey_assets_tests bench
+	$(BIN)/ruff check journey_assets journey_assets_tests $(wildcard bench)
 
 stack-down: $(STAMP)
 	$(BIN)/journey stack down
