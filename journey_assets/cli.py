@@ -95,5 +95,72 @@ def dev(port: int) -> None:
     sys.exit(subprocess.call(cmd, env=env))
 
 
+# -- events: synthetic data and the producer ---------------------------------------------------
+@main.command("generate")
+@click.option("--events", "n_events", type=int, default=100_000, show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--start", default="2019-10-01", show_default=True, help="First day (UTC).")
+@click.option("--days", type=int, default=30, show_default=True)
+@click.option("--invalid-fraction", type=float, default=0.0, show_default=True)
+@click.option("--duplicate-fraction", type=float, default=0.01, show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="events.csv or events.csv.gz (REES46 header).")
+def generate(n_events: int, seed: int, start: str, days: int, invalid_fraction: float,
+             duplicate_fraction: float, out: str) -> None:
+    """Write a deterministic synthetic REES46 CSV."""
+    import time
+
+    from journey_assets.sources.synthetic import SyntheticConfig, generate_records, write_csv
+
+    config = SyntheticConfig(n_events=n_events, seed=seed, start=start, days=days,
+                             invalid_fraction=invalid_fraction,
+                             duplicate_fraction=duplicate_fraction)
+    began = time.perf_counter()
+    rows = write_csv(generate_records(config), out)
+    seconds = time.perf_counter() - began
+    click.echo(f"wrote {rows:,} events to {out} in {seconds:.1f} s ({rows / seconds:,.0f} events/s)")
+
+
+@main.command("simulate")
+@click.option("--source", type=click.Choice(["synthetic", "csv"]), default="synthetic",
+              show_default=True)
+@click.option("--path", type=click.Path(exists=True, dir_okay=False), help="REES46 CSV (.csv/.gz).")
+@click.option("--events", type=int, default=None,
+              help="How many events (synthetic default 100000; csv default: the whole file).")
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--rate", type=float, default=None, help="Throttle to this many events/s.")
+@click.option("--max-rate", is_flag=True, help="As fast as possible (the default without --rate).")
+@click.option("--mode", type=click.Choice(["replay", "live"]), default="replay", show_default=True,
+              help="replay keeps event_time, live re-stamps it to now.")
+@click.option("--partitions", type=int, default=3, show_default=True,
+              help="Partitions when the topic has to be created.")
+@click.option("--client", type=click.Choice(["confluent", "kafka-python"]), default="confluent",
+              show_default=True)
+@click.option("--invalid-fraction", type=float, default=0.0, show_default=True,
+              help="Synthetic only: share of invalid records (they go to the dead-letter queue).")
+def simulate(source: str, path: str | None, events: int | None, seed: int, rate: float | None,
+             max_rate: bool, mode: str, partitions: int, client: str,
+             invalid_fraction: float) -> None:
+    """Produce events into the Kafka topic (JOURNEY_KAFKA_BOOTSTRAP / JOURNEY_TOPIC)."""
+    from journey_assets.settings import Settings
+    from journey_assets.sources.producer import produce, source_records
+
+    if rate is not None and max_rate:
+        raise click.UsageError("--rate and --max-rate exclude each other")
+    if source == "csv" and not path:
+        raise click.UsageError("--source csv needs --path")
+    settings = Settings.from_env()
+    records = source_records(source, path=path, events=events, seed=seed,
+                             invalid_fraction=invalid_fraction)
+    click.echo(f"producing {source} events to {settings.topic} on {settings.kafka_bootstrap} "
+               f"({'max rate' if rate is None else f'{rate:,.0f} events/s'}, {mode})", err=True)
+    summary = produce(records, settings.kafka_bootstrap, settings.topic, rate=rate, mode=mode,
+                      partitions=partitions, client=client)
+    for line in summary.lines():
+        click.echo(line)
+    if summary.failed:
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()
