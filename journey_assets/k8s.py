@@ -37,8 +37,6 @@ DEFAULT_STEP_RESOURCES: dict[str, dict[str, str]] = {
 }
 # Step pods of one run running at once (dagster's limit is per run, not cluster-wide).
 MAX_CONCURRENT_STEP_PODS = 4
-# Finished step Jobs are garbage-collected by Kubernetes after a day (logs stay in Dagster).
-STEP_JOB_TTL_SECONDS = 86_400
 
 
 def k8s_resources(
@@ -74,7 +72,6 @@ def step_executor(
             "max_concurrent": max_concurrent,
             "step_k8s_config": {
                 "container_config": {"resources": step_resources or DEFAULT_STEP_RESOURCES},
-                "job_spec_config": {"ttl_seconds_after_finished": STEP_JOB_TTL_SECONDS},
             },
         },
         name="k8s_step_executor",
