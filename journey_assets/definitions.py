@@ -9,6 +9,8 @@ from __future__ import annotations
 import dagster as dg
 
 from journey_assets import k8s
+from journey_assets.assets.dimensions import DIMENSION_CHECKS, dimension_tables
+from journey_assets.assets.ingestion import customer_events_topic, kafka_replay
 from journey_assets.resources import build_resources
 from journey_assets.settings import Settings
 
@@ -23,9 +25,9 @@ def executor_for(settings: Settings) -> dg.ExecutorDefinition:
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or Settings.from_env()
     return dg.Definitions(
-        assets=[],
-        asset_checks=[],
-        jobs=[],
+        assets=[customer_events_topic, dimension_tables],
+        asset_checks=[*DIMENSION_CHECKS],
+        jobs=[kafka_replay],
         schedules=[],
         sensors=[],
         resources={**build_resources(settings), **k8s.deployment_resources(settings)},
