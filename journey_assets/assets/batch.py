@@ -1,0 +1,441 @@
+"""Daily-partitioned batch analytics and ML assets over the Parquet event lake.
+
+Each asset is thin: it reads the partition's slice of the lake (partition pruning on
+event_date), calls the pure transforms / ML functions, replaces its MongoDB partition
+(``MongoResource.replace_partition``: deterministic ``_id``, stale documents removed) and returns
+the metadata a person would look at. The partition key is the as_of day.
+"""
+
+
+import base64
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from journey_assets.ml import churn as churn_ml
+from journey_assets.ml import segments as segment_ml
+from journey_assets.partitions import daily_partitions
+from journey_assets.resources import LakeResource, MongoResource, SparkResource
+from journey_assets.schedules import build_batch_job, build_batch_schedule
+from journey_assets.schema import EVENT_DATE, EVENT_TYPES, USER_ID
+from journey_assets.settings import Settings
+from journey_assets.transforms import statistics, timeseries
+from journey_assets.transforms.events import read_event_lake
+from journey_assets.transforms.features import (
+    AS_OF,
+    DEFAULT_LOOKBACK_DAYS,
+    FEATURE_COLUMNS,
+    LOOKBACK_DAYS,
+    build_user_features,
+    to_date,
+    user_funnel,
+    window_bounds,
+)
+
+GROUP = "batch_analytics"
+USER_FEATURES = "user_feature_engineering"
+CUSTOMER_SEGMENTS = "customer_segments"
+CHURN_PREDICTIONS = "churn_predictions"
+TIME_SERIES = "time_series_analysis"
+STATISTICS = "statistical_analysis"
+CHURN_AUC_CHECK = "churn_auc_plausible"
+#: AUC bounds of the churn model check: >= LEAKAGE_AUC smells of label leakage, below
+#: USELESS_AUC the model is not worth serving.
+LEAKAGE_AUC = 0.99
+USELESS_AUC = 0.6
+
+
+# -- configuration ------------------------------------------------------------------------
+class FeatureConfig(dg.Config):
+    lookback_days: int = DEFAULT_LOOKBACK_DAYS
+
+
+class SegmentConfig(dg.Config):
+    k_min: int = 3
+    k_max: int = 6
+    use_pca: bool = True
+    pca_k: int = 6
+    max_iter: int = 30
+    seed: int = 42
+
+
+class ChurnConfig(dg.Config):
+    horizon_days: int = churn_ml.DEFAULT_HORIZON_DAYS
+    num_trees: int = 100
+    max_depth: int = 10
+    threshold: float = 0.5
+    seed: int = 42
+
+
+class TimeSeriesConfig(dg.Config):
+    #: Days shown in the plot (and the trailing context of the moving averages).
+    history_days: int = 30
+
+
+# -- helpers ------------------------------------------------------------------------------
+def features_path(lake: LakeResource, as_of: str) -> str:
+    """The feature-store snapshot of one as_of (Parquet), read by the downstream assets."""
+    return str(Path(lake.data_dir) / "lake" / "user_features" / f"as_of={as_of}")
+
+
+def plots_dir(lake: LakeResource) -> Path:
+    path = Path(lake.data_dir) / "plots"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def read_feature_snapshot(session: SparkSession, lake: LakeResource, as_of: str) -> DataFrame:
+    path = features_path(lake, as_of)
+    if not Path(path).exists():
+        raise dg.Failure(f"no user features for as_of={as_of} at {path}: materialize "
+                         f"{USER_FEATURES} for this partition first")
+    return session.read.parquet(path)
+
+
+def lake_span(session: SparkSession, lake: LakeResource):
+    """First and last event_date in the lake (the partition column only: no data read)."""
+    return churn_ml.lake_date_range(session.read.parquet(lake.events_path).select(EVENT_DATE))
+
+
+def row_documents(frame: DataFrame, as_of: str, extra: dict[str, Any] | None = None
+                  ) -> Iterator[dict[str, Any]]:
+    """Rows as Mongo documents with the deterministic ``_id`` ``"{user_id}:{as_of}"``."""
+    for row in frame.toLocalIterator():
+        doc = row.asDict()
+        doc["_id"] = f"{doc[USER_ID]}:{as_of}"
+        doc[AS_OF] = as_of
+        if extra:
+            doc.update(extra)
+        yield doc
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# -- assets -------------------------------------------------------------------------------
+def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+    """The five batch assets over ``partitions`` (daily, key = as_of day)."""
+
+    @dg.asset(name=USER_FEATURES, partitions_def=partitions, group_name=GROUP,
+              kinds={"spark", "parquet", "mongodb"},
+              description="Per-user RFM, engagement and session features as of the partition "
+                          "day over a lookback window; feature store snapshot + Mongo.")
+    def user_feature_engineering(context: dg.AssetExecutionContext, config: FeatureConfig,
+                                 spark: SparkResource, lake: LakeResource,
+                                 mongo: MongoResource) -> dg.MaterializeResult:
+        as_of = context.partition_key
+        session = spark.get_session()
+        start, end = window_bounds(as_of, config.lookback_days)
+        events = read_event_lake(session, lake.events_path, start.isoformat(), end.isoformat())
+        path = features_path(lake, as_of)
+        build_user_features(events, as_of, config.lookback_days) \
+            .write.mode("overwrite").parquet(path)
+        snapshot = session.read.parquet(path)
+        written = mongo.replace_partition(USER_FEATURES, {AS_OF: as_of},
+                                          row_documents(snapshot, as_of))
+        funnel = user_funnel(snapshot)
+        means = snapshot.agg(*(F.avg(c).alias(c) for c in FEATURE_COLUMNS)).first()
+        return dg.MaterializeResult(metadata={
+            "users": written,
+            "window": f"{start} .. {end}",
+            "lookback_days": config.lookback_days,
+            "feature_path": dg.MetadataValue.path(path),
+            "funnel": dg.MetadataValue.md(markdown_table(
+                ["step", "users", "rate"],
+                [["viewed", funnel["users_with_view"], None],
+                 ["carted", funnel["users_with_cart"], funnel["view_to_cart_rate"]],
+                 ["purchased", funnel["users_with_purchase"], funnel["cart_to_purchase_rate"]],
+                 ["view -> purchase", None, funnel["view_to_purchase_rate"]]])),
+            "feature_means": dg.MetadataValue.md(markdown_table(
+                ["feature", "mean"],
+                [[c, float(means[c]) if means[c] is not None else None]
+                 for c in FEATURE_COLUMNS])),
+        })
+
+    @dg.asset(name=CUSTOMER_SEGMENTS, partitions_def=partitions, group_name=GROUP,
+              deps=[user_feature_engineering], kinds={"spark", "mongodb"},
+              description="KMeans customer segments (k by silhouette) with named profiles.")
+    def customer_segments(context: dg.AssetExecutionContext, config: SegmentConfig,
+                          spark: SparkResource, lake: LakeResource,
+                          mongo: MongoResource) -> dg.MaterializeResult:
+        as_of = context.partition_key
+        session = spark.get_session()
+        features = read_feature_snapshot(session, lake, as_of).cache()
+        try:
+            result = segment_ml.fit_segments(
+                features, range(config.k_min, config.k_max + 1), use_pca=config.use_pca,
+                pca_k=config.pca_k, seed=config.seed, max_iter=config.max_iter)
+            model_version = f"{as_of}-{context.run_id[:8]}"
+            model_path = lake.model_path("segments", model_version)
+            result.model.write().overwrite().save(model_path)
+            assigned = segment_ml.assign_segments(result.model, features).select(
+                USER_ID, segment_ml.SEGMENT)
+            names = result.names
+            docs = (
+                {**doc, segment_ml.SEGMENT_NAME: names[doc[segment_ml.SEGMENT]]}
+                for doc in row_documents(assigned, as_of, {"model_version": model_version})
+            )
+            written = mongo.replace_partition(CUSTOMER_SEGMENTS, {AS_OF: as_of}, docs)
+        finally:
+            features.unpersist()
+        context.log.info(f"segments k={result.k}, silhouettes {result.silhouettes}")
+        return dg.MaterializeResult(metadata={
+            "users": written,
+            "k": result.k,
+            "silhouette": result.silhouettes[result.k],
+            "silhouette_by_k": dg.MetadataValue.md(markdown_table(
+                ["k", "silhouette"], [[k, s] for k, s in sorted(result.silhouettes.items())])),
+            "silhouette_scores": {str(k): s for k, s in result.silhouettes.items()},
+            "segment_profiles": dg.MetadataValue.md(
+                segment_ml.profiles_markdown(result.profiles, names)),
+            "segment_names": {str(s): n for s, n in sorted(names.items())},
+            "model_version": model_version,
+            "model_path": dg.MetadataValue.path(model_path),
+        })
+
+    @dg.asset(name=CHURN_PREDICTIONS, partitions_def=partitions, group_name=GROUP,
+              deps=[user_feature_engineering], kinds={"spark", "mongodb"},
+              check_specs=[dg.AssetCheckSpec(
+                  CHURN_AUC_CHECK, asset=CHURN_PREDICTIONS,
+                  description=f"test AUC-ROC in [{USELESS_AUC}, {LEAKAGE_AUC}): higher smells "
+                              "of label leakage, lower is a useless model")],
+              description="RandomForest churn probability per user (no purchase in the next "
+                          "horizon days), trained and tested on earlier snapshots.")
+    def churn_predictions(context: dg.AssetExecutionContext, config: ChurnConfig,
+                          spark: SparkResource, lake: LakeResource,
+                          mongo: MongoResource) -> dg.MaterializeResult:
+        as_of = context.partition_key
+        session = spark.get_session()
+        predict_features = read_feature_snapshot(session, lake, as_of)
+        lookback = int(predict_features.select(LOOKBACK_DAYS).first()[0])
+        first, last = lake_span(session, lake)
+        plan = churn_ml.plan_snapshots(as_of, config.horizon_days, first, last)
+
+        def labelled(snapshot_as_of) -> DataFrame:
+            start, _ = window_bounds(snapshot_as_of, lookback)
+            end = snapshot_as_of + timedelta(days=config.horizon_days)
+            events = read_event_lake(session, lake.events_path, start.isoformat(),
+                                     end.isoformat())
+            return churn_ml.labelled_snapshot(events, snapshot_as_of, lookback,
+                                              config.horizon_days).cache()
+
+        train, test = labelled(plan.train_as_of), labelled(plan.test_as_of)
+        try:
+            model = churn_ml.fit_churn_model(train, config.num_trees, config.max_depth,
+                                             config.seed)
+            metrics = churn_ml.evaluate(model, test, config.threshold)
+            train_users = train.count()
+            train_churn_rate = train.agg(F.avg(churn_ml.LABEL)).first()[0]
+        finally:
+            train.unpersist()
+            test.unpersist()
+        model_version = f"{as_of}-{context.run_id[:8]}"
+        model_path = lake.model_path("churn", model_version)
+        model.write().overwrite().save(model_path)
+        scored = churn_ml.score(model, predict_features, config.threshold).select(
+            USER_ID, churn_ml.CHURN_PROBABILITY, churn_ml.CHURN_PREDICTION)
+        written = mongo.replace_partition(
+            CHURN_PREDICTIONS, {AS_OF: as_of},
+            row_documents(scored, as_of, {"model_version": model_version}))
+        importances = churn_ml.feature_importances(model)
+
+        auc = metrics["auc_roc"]
+        if auc >= LEAKAGE_AUC:
+            verdict = f"AUC {auc:.3f} >= {LEAKAGE_AUC}: suspiciously perfect, check for leakage"
+        elif auc < USELESS_AUC:
+            verdict = f"AUC {auc:.3f} < {USELESS_AUC}: the model is no better than useless"
+        else:
+            verdict = f"AUC {auc:.3f} within [{USELESS_AUC}, {LEAKAGE_AUC})"
+        check = dg.AssetCheckResult(
+            check_name=CHURN_AUC_CHECK, passed=USELESS_AUC <= auc < LEAKAGE_AUC,
+            severity=dg.AssetCheckSeverity.ERROR, description=verdict,
+            metadata={"auc_roc": auc, "auc_pr": metrics["auc_pr"]})
+        return dg.MaterializeResult(
+            metadata={
+                "users_scored": written,
+                "predicted_churners": int(scored.where(
+                    F.col(churn_ml.CHURN_PREDICTION) == 1).count()),
+                "auc_roc": auc,
+                "auc_pr": metrics["auc_pr"],
+                "precision": metrics["precision"],
+                "recall": metrics["recall"],
+                "accuracy": metrics["accuracy"],
+                "test_users": metrics["test_users"],
+                "test_churn_rate": metrics["test_churn_rate"],
+                "train_users": train_users,
+                "train_churn_rate": float(train_churn_rate or 0.0),
+                "confusion_matrix": metrics["confusion"],
+                "train_as_of": plan.train_as_of.isoformat(),
+                "test_as_of": plan.test_as_of.isoformat(),
+                "label_window_complete_for_as_of": plan.predict_label_complete,
+                "horizon_days": config.horizon_days,
+                "lookback_days": lookback,
+                "num_trees": config.num_trees,
+                "max_depth": config.max_depth,
+                "feature_importances": dg.MetadataValue.md(markdown_table(
+                    ["feature", "importance"], list(importances.items()))),
+                "model_version": model_version,
+                "model_path": dg.MetadataValue.path(model_path),
+            },
+            check_results=[check],
+        )
+
+    @dg.asset(name=TIME_SERIES, partitions_def=partitions, group_name=GROUP,
+              kinds={"spark", "mongodb"},
+              description="Daily counts per event_type with 7/3-day moving averages and "
+                          "day-over-day growth; hour-of-day profile; trend plot.")
+    def time_series_analysis(context: dg.AssetExecutionContext, config: TimeSeriesConfig,
+                             spark: SparkResource, lake: LakeResource,
+                             mongo: MongoResource) -> dg.MaterializeResult:
+        day = to_date(context.partition_key)
+        session = spark.get_session()
+        # 6 extra days so that the first plotted day's 7-day average is complete.
+        start = day - timedelta(days=config.history_days - 1 + 6)
+        events = read_event_lake(session, lake.events_path, start.isoformat(), day.isoformat())
+        trends = timeseries.with_trends(timeseries.daily_event_counts(events, start, day))
+        history = [r.asDict() for r in trends.orderBy(timeseries.DATE, "event_type").collect()
+                   if r[timeseries.DATE] > day - timedelta(days=config.history_days)]
+        day_events = events.where(F.col(EVENT_DATE) == F.lit(day.isoformat()).cast("date"))
+        hourly = {r[timeseries.HOUR]: r.asDict()
+                  for r in timeseries.hourly_event_pivot(day_events).collect()}
+        docs = []
+        for r in history:
+            if r[timeseries.DATE] != day:
+                continue
+            t = r["event_type"]
+            docs.append({
+                "_id": f"{day.isoformat()}:{t}", "date": day.isoformat(), "event_type": t,
+                "event_count": int(r["event_count"]), "ma_7d": float(r["ma_7d"]),
+                "ma_3d": float(r["ma_3d"]),
+                "dod_growth": None if r["dod_growth"] is None else float(r["dod_growth"]),
+                # The hour-of-day x event_type pivot, one 24-slot row per event_type.
+                "hourly_counts": [int(hourly.get(h, {}).get(t, 0)) for h in range(24)],
+            })
+        written = mongo.replace_partition(TIME_SERIES, {"date": day.isoformat()}, docs)
+        png = plots_dir(lake) / f"time_series_{day.isoformat()}.png"
+        _plot_trends(history, png)
+        encoded = base64.b64encode(png.read_bytes()).decode("ascii")
+        return dg.MaterializeResult(metadata={
+            "documents": written,
+            "day": dg.MetadataValue.md(markdown_table(
+                ["event_type", "event_count", "ma_3d", "ma_7d", "dod_growth"],
+                [[d["event_type"], d["event_count"], d["ma_3d"], d["ma_7d"], d["dod_growth"]]
+                 for d in docs])),
+            "hour_of_day": dg.MetadataValue.md(markdown_table(
+                ["hour", *EVENT_TYPES],
+                [[h, *(int(hourly.get(h, {}).get(t, 0)) for t in EVENT_TYPES)]
+                 for h in range(24)])),
+            "plot_path": dg.MetadataValue.path(str(png)),
+            "plot": dg.MetadataValue.md(f"![daily events](data:image/png;base64,{encoded})"),
+        })
+
+    @dg.asset(name=STATISTICS, partitions_def=partitions, group_name=GROUP,
+              deps=[user_feature_engineering], kinds={"spark", "mongodb"},
+              description="Price percentiles per category, feature correlations, chi-square of "
+                          "price tier vs purchase, skewness and kurtosis.")
+    def statistical_analysis(context: dg.AssetExecutionContext, spark: SparkResource,
+                             lake: LakeResource, mongo: MongoResource) -> dg.MaterializeResult:
+        as_of = context.partition_key
+        session = spark.get_session()
+        features = read_feature_snapshot(session, lake, as_of).cache()
+        lookback = int(features.select(LOOKBACK_DAYS).first()[0])
+        start, end = window_bounds(as_of, lookback)
+        events = read_event_lake(session, lake.events_path, start.isoformat(),
+                                 end.isoformat()).cache()
+        try:
+            percentiles = statistics.price_percentiles(events)
+            correlation = statistics.correlation_matrix(features, FEATURE_COLUMNS)
+            chi_square = statistics.chi_square_price_tier_vs_purchase(events)
+            shape = statistics.distribution_shape(features, FEATURE_COLUMNS)
+        finally:
+            features.unpersist()
+            events.unpersist()
+        base = {AS_OF: as_of, "window_start": start.isoformat(), "window_end": end.isoformat()}
+        docs = [
+            {"_id": f"price_percentiles:{as_of}", "analysis": "price_percentiles", **base,
+             "by_category_l1": percentiles},
+            {"_id": f"feature_correlation:{as_of}", "analysis": "feature_correlation", **base,
+             "method": "pearson", "columns": list(FEATURE_COLUMNS),
+             # {row feature: {column feature: r}}: FerretDB rejects nested arrays.
+             "matrix": {a: dict(zip(FEATURE_COLUMNS, row, strict=True))
+                        for a, row in zip(FEATURE_COLUMNS, correlation, strict=True)}},
+            {"_id": f"chi_square_price_tier_purchase:{as_of}",
+             "analysis": "chi_square_price_tier_purchase", **base, **chi_square},
+            {"_id": f"feature_distribution:{as_of}", "analysis": "feature_distribution", **base,
+             "columns": shape},
+        ]
+        written = mongo.replace_partition(STATISTICS, {AS_OF: as_of}, docs)
+        pairs = [(FEATURE_COLUMNS[i], FEATURE_COLUMNS[j], correlation[i][j])
+                 for i in range(len(FEATURE_COLUMNS)) for j in range(i + 1, len(FEATURE_COLUMNS))
+                 if correlation[i][j] is not None]
+        strongest = sorted(pairs, key=lambda p: -abs(p[2]))[:8]
+        pct_keys = [k for k in percentiles[0] if k.startswith("p")] if percentiles else []
+        return dg.MaterializeResult(metadata={
+            "documents": written,
+            "chi_square_statistic": chi_square["statistic"],
+            "chi_square_p_value": chi_square["p_value"],
+            "price_percentiles": dg.MetadataValue.md(markdown_table(
+                ["category_l1", "events", "mean", *pct_keys],
+                [[p["category_l1"], p["events"], p["mean"], *(p[k] for k in pct_keys)]
+                 for p in percentiles])),
+            "strongest_correlations": dg.MetadataValue.md(markdown_table(
+                ["feature", "feature", "pearson"], strongest)),
+            "skewness_kurtosis": dg.MetadataValue.md(markdown_table(
+                ["feature", "mean", "stddev", "skewness", "kurtosis"],
+                [[c, s["mean"], s["stddev"], s["skewness"], s["kurtosis"]]
+                 for c, s in shape.items()])),
+        })
+
+    return [user_feature_engineering, customer_segments, churn_predictions,
+            time_series_analysis, statistical_analysis]
+
+
+def _plot_trends(history: list[dict[str, Any]], path: Path) -> None:
+    """One panel per event_type: daily count and its 7-day moving average."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on servers
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6), sharex=True)
+    for ax, event_type in zip(axes.flat, EVENT_TYPES, strict=True):
+        rows = [r for r in history if r["event_type"] == event_type]
+        days = [r["date"] for r in rows]
+        ax.plot(days, [r["event_count"] for r in rows], marker=".", label="daily")
+        ax.plot(days, [r["ma_7d"] for r in rows], label="7-day avg")
+        ax.set_title(event_type)
+        ax.tick_params(axis="x", rotation=45, labelsize=7)
+    axes.flat[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+@dataclass(frozen=True)
+class BatchDefinitions:
+    assets: list[dg.AssetsDefinition]
+    jobs: list[Any]  # unresolved asset jobs (define_asset_job)
+    schedules: list[dg.ScheduleDefinition]
+
+
+def build_batch_definitions(settings: Settings) -> BatchDefinitions:
+    """Assets, the partitioned job and its schedule, over the configured daily partitions."""
+    partitions = daily_partitions(settings)
+    assets = build_batch_assets(partitions)
+    job = build_batch_job(assets, partitions)
+    return BatchDefinitions(assets=assets, jobs=[job],
+                            schedules=[build_batch_schedule(job, partitions)])

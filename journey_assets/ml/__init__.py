@@ -1,0 +1,1 @@
+"""Spark ML models over user features: customer segments (KMeans) and churn (RandomForest)."""
