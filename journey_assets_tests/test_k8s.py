@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -292,3 +294,53 @@ def test_entrypoint_starts_a_spark_executor_backend(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "KubernetesExecutorBackend: Started daemon" in out
     assert "Failed to connect to /127.0.0.1:9" in out
+
+
+def test_code_server_starts_as_the_chart_runs_it(tmp_path: Path) -> None:
+    """The Deployment's command, env ConfigMap and container context, run as a local process:
+    the code location loads in k8s mode and hands the chart's container context and image to
+    the webserver/daemon (which pass them on to the run launcher)."""
+    import socket
+
+    from dagster._grpc.client import DagsterGrpcClient
+    from dagster._serdes import deserialize_value
+
+    docs = render()
+    container = code_server(docs)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = list(container["args"])
+    args[args.index("--host") + 1] = "127.0.0.1"
+    args[args.index("--port") + 1] = str(port)
+    env = {
+        **os.environ, **journey_env(docs),
+        "JOURNEY_DATA_DIR": str(tmp_path / "data"),  # the pod's /data mount
+        "JOURNEY_MONGO_URI": "mongodb://127.0.0.1:27017/",  # the Secret's value in the pod
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"), "HOME": str(tmp_path),
+        "DAGSTER_CURRENT_IMAGE": env_value(container, "DAGSTER_CURRENT_IMAGE")["value"],
+        "DAGSTER_CONTAINER_CONTEXT": env_value(container, "DAGSTER_CONTAINER_CONTEXT")["value"],
+    }
+    (tmp_path / "dagster_home").mkdir()
+    dagster = Path(sys.executable).parent / "dagster"  # the venv's, as in the image
+    server = subprocess.Popen([str(dagster), *args[1:]], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        client = DagsterGrpcClient(port=port, host="127.0.0.1")
+        deadline = 60.0
+        while deadline > 0:
+            if server.poll() is not None:
+                pytest.fail(f"code server exited: {server.stderr.read()[-2000:]}")
+            try:
+                client.ping("x")
+                break
+            except Exception:
+                time.sleep(1)
+                deadline -= 1
+        response = deserialize_value(client.list_repositories())
+        assert response.container_image == env["DAGSTER_CURRENT_IMAGE"]
+        assert response.container_context == json.loads(env["DAGSTER_CONTAINER_CONTEXT"])
+        assert response.repository_code_pointer_dict  # the Definitions loaded
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
