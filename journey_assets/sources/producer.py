@@ -130,7 +130,8 @@ class _ConfluentSender(_Sender):
             "partitioner": "murmur2_random",  # same partitions as the Java / kafka-python clients
             "linger.ms": 20,
             "batch.size": 1_000_000,
-            "compression.type": "lz4",
+            # No compression: kafka-python consumers (tests, tools) lack lz4/snappy/zstd codecs.
+            "compression.type": "none",
             "queue.buffering.max.messages": 500_000,
         })
 
