@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import dagster as dg
 from pyspark.sql import SparkSession
 
@@ -18,6 +21,9 @@ def build_spark_session(
     from journey_assets.local.artifacts import spark_connector_jars
 
     jars = ",".join(str(j) for j in spark_connector_jars())
+    # Python workers (pandas UDFs) must run this interpreter (with pandas/numpy), not whatever
+    # `python3` is on PATH; PySpark only reads this from the environment of the driver.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = (
         SparkSession.builder.master(master)
         .appName(app_name)

@@ -1,0 +1,1 @@
+"""Kafka -> Spark Structured Streaming -> MongoDB and the Parquet lake (issue 4)."""

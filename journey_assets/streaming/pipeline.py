@@ -1,0 +1,256 @@
+"""The streaming pipeline: two queries over the topic, each with its own checkpoint.
+
+* ``events`` (stateless, foreachBatch): dead letters, enriched events (MongoDB + lake),
+  sessions and the daily funnel recomputed for what the batch touched.
+* ``aggregations`` (stateful, update mode): 10-minute watermark on event_time, exact duplicates
+  dropped within the watermark, 5-minute tumbling + 10/5-minute sliding window metrics.
+
+Both modes run the same code: ``available-now`` (everything in the topic, then stop) and
+``continuous`` (processing-time trigger until stopped).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo import MongoClient
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.streaming import StreamingQuery
+
+from journey_assets.schema import EVENT_ID, EVENT_TIME
+from journey_assets.streaming.sinks import AggregationsSink, EventsSink, SinkStats
+from journey_assets.transforms.events import parse_kafka_events, valid_events, with_event_keys
+from journey_assets.transforms.windows import aggregate_windows, explode_windows
+
+AVAILABLE_NOW = "available-now"
+CONTINUOUS = "continuous"
+MODES = (AVAILABLE_NOW, CONTINUOUS)
+EVENTS_QUERY = "events"
+AGGREGATIONS_QUERY = "aggregations"
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    mode: str = AVAILABLE_NOW
+    trigger_seconds: float = 2.0
+    #: Cap per micro-batch (all partitions together); None = everything available.
+    max_offsets_per_trigger: int | None = None
+    watermark: str = "10 minutes"
+    #: Only used when a query has no checkpoint yet; afterwards the checkpoint decides.
+    starting_offsets: str = "earliest"
+    session_horizon_days: int = 1
+    write_strategy: str = "auto"
+    poll_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
+
+
+@dataclass(frozen=True)
+class StreamTarget:
+    """Where the pipeline reads and writes (from Settings / the Dagster resources)."""
+
+    bootstrap: str
+    topic: str
+    mongo_uri: str
+    mongo_db: str
+    events_path: str
+    product_path: str
+    user_path: str
+    checkpoint_root: str
+
+    def checkpoint(self, query: str) -> str:
+        return f"{self.checkpoint_root}/{query}"
+
+
+@dataclass
+class StreamSummary:
+    batches: dict[str, int] = field(default_factory=dict)
+    input_rows: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    sinks: dict[str, Any] = field(default_factory=dict)
+
+
+ProgressCallback = Callable[[str, dict[str, Any]], None]
+
+
+def kafka_source(spark: SparkSession, target: StreamTarget, options: StreamOptions) -> DataFrame:
+    reader = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", target.bootstrap)
+        .option("subscribe", target.topic)
+        .option("startingOffsets", options.starting_offsets)
+        # Retention may delete unread offsets on a long outage: log it, keep going.
+        .option("failOnDataLoss", "false")
+    )
+    if options.max_offsets_per_trigger:
+        reader = reader.option("maxOffsetsPerTrigger", str(options.max_offsets_per_trigger))
+    return reader.load()
+
+
+def windowed_aggregates(kafka_rows: DataFrame, watermark: str) -> DataFrame:
+    """The stateful part: watermark, dedup within it, one aggregation over both window kinds.
+
+    A group's state is dropped once the watermark (max event_time - delay) passes the end of
+    its 10-minute sliding window; events older than the watermark are dropped (and counted in
+    the progress as late rows).
+    """
+    events = (
+        with_event_keys(valid_events(parse_kafka_events(kafka_rows)))
+        .withWatermark(EVENT_TIME, watermark)
+        .dropDuplicatesWithinWatermark([EVENT_ID])
+    )
+    return aggregate_windows(explode_windows(events))
+
+
+def _trigger(writer, options: StreamOptions):
+    if options.mode == AVAILABLE_NOW:
+        return writer.trigger(availableNow=True)
+    return writer.trigger(processingTime=f"{options.trigger_seconds} seconds")
+
+
+class StreamingPipeline:
+    """Starts, watches and stops the two queries; reports each micro-batch's progress."""
+
+    def __init__(self, spark: SparkSession, target: StreamTarget, options: StreamOptions,
+                 on_progress: ProgressCallback | None = None) -> None:
+        self.spark = spark
+        self.target = target
+        self.options = options
+        self.on_progress = on_progress
+        self.stats = SinkStats()
+        self.sink_output: dict[tuple[str, int], dict[str, Any]] = {}
+        self.queries: dict[str, StreamingQuery] = {}
+        self._client: MongoClient | None = None
+        self._reported: dict[str, int] = {}
+        self._input_rows: dict[str, int] = {}
+
+    def _record_sink(self, query: str, batch_id: int, written: dict[str, Any]) -> None:
+        self.sink_output[(query, batch_id)] = written
+
+    def start(self) -> None:
+        self._client = MongoClient(self.target.mongo_uri, tz_aware=True)
+        db = self._client[self.target.mongo_db]
+        source = kafka_source(self.spark, self.target, self.options)
+        events_sink = EventsSink(db, self.target.events_path, self.target.product_path,
+                                 self.target.user_path, self.options.session_horizon_days,
+                                 self.options.write_strategy, self.stats, self._record_sink)
+        aggregations_sink = AggregationsSink(db, self.options.write_strategy, self.stats,
+                                             self._record_sink)
+        events_writer = (
+            parse_kafka_events(source).writeStream.queryName(f"{EVENTS_QUERY}")
+            .option("checkpointLocation", self.target.checkpoint(EVENTS_QUERY))
+            .foreachBatch(events_sink)
+        )
+        aggregations_writer = (
+            windowed_aggregates(source, self.options.watermark).writeStream
+            .queryName(AGGREGATIONS_QUERY).outputMode("update")
+            .option("checkpointLocation", self.target.checkpoint(AGGREGATIONS_QUERY))
+            .foreachBatch(aggregations_sink)
+        )
+        self.queries[EVENTS_QUERY] = _trigger(events_writer, self.options).start()
+        self.queries[AGGREGATIONS_QUERY] = _trigger(aggregations_writer, self.options).start()
+
+    def report_progress(self) -> None:
+        """Hand every micro-batch not reported yet to ``on_progress`` (once each)."""
+        for name, query in self.queries.items():
+            for progress in query.recentProgress:
+                batch_id = int(progress["batchId"])
+                if batch_id <= self._reported.get(name, -1):
+                    continue
+                self._reported[name] = batch_id
+                rows = int(progress.get("numInputRows", 0))
+                self._input_rows[name] = self._input_rows.get(name, 0) + rows
+                if self.on_progress is not None:
+                    self.on_progress(name, self._progress_record(name, progress))
+
+    def _progress_record(self, name: str, progress: dict[str, Any]) -> dict[str, Any]:
+        batch_id = int(progress["batchId"])
+        source = (progress.get("sources") or [{}])[0]
+        state = progress.get("stateOperators") or []
+        return {
+            "query": name,
+            "batch_id": batch_id,
+            "timestamp": progress.get("timestamp"),
+            "input_rows": int(progress.get("numInputRows", 0)),
+            "input_rows_per_second": progress.get("inputRowsPerSecond"),
+            "processed_rows_per_second": progress.get("processedRowsPerSecond"),
+            "duration_ms": (progress.get("durationMs") or {}).get("triggerExecution"),
+            "start_offset": source.get("startOffset"),
+            "end_offset": source.get("endOffset"),
+            "watermark": (progress.get("eventTime") or {}).get("watermark"),
+            "state_rows": sum(int(s.get("numRowsTotal", 0)) for s in state),
+            "late_rows_dropped": sum(int(s.get("numRowsDroppedByWatermark", 0)) for s in state),
+            "written": self.sink_output.get((name, batch_id), {}),
+        }
+
+    def failure(self) -> BaseException | None:
+        for query in self.queries.values():
+            exc = query.exception()
+            if exc is not None:
+                return exc
+        return None
+
+    def active(self) -> bool:
+        return any(q.isActive for q in self.queries.values())
+
+    def stop(self) -> None:
+        for query in self.queries.values():
+            if query.isActive:
+                query.stop()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def summary(self, seconds: float) -> StreamSummary:
+        return StreamSummary(batches={k: v + 1 for k, v in self._reported.items()},
+                             input_rows=dict(self._input_rows), seconds=seconds,
+                             sinks=self.stats.as_dict())
+
+
+def run_stream(spark: SparkSession, target: StreamTarget, options: StreamOptions,
+               on_progress: ProgressCallback | None = None,
+               should_stop: Callable[[], bool] | None = None) -> StreamSummary:
+    """Run both queries until they finish (available-now), fail, or ``should_stop()``.
+
+    A failure of either query stops the other and is raised: a supervisor (Dagster sensor)
+    restarts the run, and the checkpoints make the restart resume where it left off.
+    """
+    pipeline = StreamingPipeline(spark, target, options, on_progress)
+    started = time.perf_counter()
+    pipeline.start()
+    try:
+        while pipeline.active():
+            pipeline.report_progress()
+            exc = pipeline.failure()
+            if exc is not None:
+                raise RuntimeError(f"streaming query failed: {exc}") from exc
+            if should_stop is not None and should_stop():
+                break
+            time.sleep(options.poll_seconds)
+        exc = pipeline.failure()
+        if exc is not None:
+            raise RuntimeError(f"streaming query failed: {exc}") from exc
+        pipeline.report_progress()
+    finally:
+        pipeline.stop()
+    return pipeline.summary(time.perf_counter() - started)
+
+
+def target_from(settings, lake=None) -> StreamTarget:
+    """The pipeline target from ``Settings`` (paths via the LakeResource layout)."""
+    from journey_assets.resources.lake import LakeResource
+
+    lake = lake or LakeResource(data_dir=str(settings.data_dir))
+    return StreamTarget(
+        bootstrap=settings.kafka_bootstrap, topic=settings.topic,
+        mongo_uri=settings.mongo_uri, mongo_db=settings.mongo_db,
+        events_path=lake.events_path,
+        product_path=lake.dimension_path("product_catalog"),
+        user_path=lake.dimension_path("user_dimension"),
+        checkpoint_root=str(lake.root / "checkpoints"),
+    )
