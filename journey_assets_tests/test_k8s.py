@@ -63,14 +63,15 @@ HEAVY = {"cpu": "2", "memory": "6Gi"}
 
 
 # ---- a batch job shaped like the project's: one heavy asset (tagged), one with defaults ----------
+# (names of their own, so they never collide with the project's assets merged in below)
 
 @dg.asset(op_tags=k8s_resources(cpu=HEAVY["cpu"], memory=HEAVY["memory"]))
-def user_features() -> dg.MaterializeResult:
+def probe_user_features() -> dg.MaterializeResult:
     return dg.MaterializeResult()
 
 
-@dg.asset(deps=[user_features])
-def customer_segments() -> dg.MaterializeResult:
+@dg.asset(deps=[probe_user_features])
+def probe_customer_segments() -> dg.MaterializeResult:
     return dg.MaterializeResult()
 
 
@@ -78,8 +79,9 @@ def batch_job() -> dg.JobDefinition:
     """The job as the cluster's code location builds it (module-level: reconstructable)."""
     defs = dg.Definitions.merge(
         build_definitions(Settings.from_env(K8S_ENV)),
-        dg.Definitions(assets=[user_features, customer_segments],
-                       jobs=[dg.define_asset_job("batch")]),
+        dg.Definitions(assets=[probe_user_features, probe_customer_segments],
+                       jobs=[dg.define_asset_job(
+                           "batch", selection=[probe_user_features, probe_customer_segments])]),
     )
     return defs.resolve_job_def("batch")
 
@@ -102,6 +104,7 @@ def test_definitions_pick_the_executor_by_environment() -> None:
     assert io_manager.base_dir == "/data/dagster-io"
 
     # Every job of the code location inherits it (the project's asset jobs included).
+    assert {j.executor_def.name for j in k8s.resolve_all_job_defs()} == {"k8s_step_executor"}
     job = batch_job()
     assert job.executor_def.name == k8s.executor.name
     assert job.executor_def.executor_creation_fn is k8s_job_executor.executor_creation_fn
@@ -205,7 +208,7 @@ def as_manifest(job: kubernetes.client.V1Job) -> dict[str, Any]:
 
 def test_step_job_of_a_heavy_batch_asset(k8s_instance: dg.DagsterInstance,
                                          chart_pod: dict[str, Any]) -> None:
-    job, namespace = launch_step_job(k8s_instance, chart_pod, "user_features")
+    job, namespace = launch_step_job(k8s_instance, chart_pod, "probe_user_features")
     manifest = as_manifest(job)
     kubernetes_validate.validate(manifest, KUBE_VERSION, strict=True)
 
@@ -225,7 +228,7 @@ def test_step_job_of_a_heavy_batch_asset(k8s_instance: dg.DagsterInstance,
         {"name": "journey-mongodb", "key": "mongodb-uri"}
     assert "value" not in env["JOURNEY_MONGO_URI"]
     assert env["SPARK_LOCAL_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
-    assert env["DAGSTER_RUN_STEP_KEY"]["value"] == "user_features"
+    assert env["DAGSTER_RUN_STEP_KEY"]["value"] == "probe_user_features"
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     (data,) = [n for n, v in volumes.items() if "persistentVolumeClaim" in v]
@@ -235,12 +238,12 @@ def test_step_job_of_a_heavy_batch_asset(k8s_instance: dg.DagsterInstance,
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert pod["restartPolicy"] == "Never"
-    assert manifest["metadata"]["labels"]["dagster/op"] == "user_features"
+    assert manifest["metadata"]["labels"]["dagster/op"] == "probe_user_features"
 
 
 def test_step_job_of_an_untagged_asset_gets_the_defaults(
         k8s_instance: dg.DagsterInstance, chart_pod: dict[str, Any]) -> None:
-    job, _ = launch_step_job(k8s_instance, chart_pod, "customer_segments")
+    job, _ = launch_step_job(k8s_instance, chart_pod, "probe_customer_segments")
     manifest = as_manifest(job)
     kubernetes_validate.validate(manifest, KUBE_VERSION, strict=True)
     (container,) = manifest["spec"]["template"]["spec"]["containers"]
