@@ -27,10 +27,17 @@ from typing import Any
 
 from journey_assets.resources.kafka import end_offsets, ensure_topic
 from journey_assets.schema import (
+    BRAND,
+    CATEGORY_CODE,
+    CATEGORY_ID,
     CSV_COLUMNS,
     EVENT_TIME,
+    EVENT_TYPE,
+    PRICE,
+    PRODUCT_ID,
     TIME_FORMAT_PY,
     USER_ID,
+    USER_SESSION,
     as_text,
     validate_record,
 )
@@ -43,6 +50,7 @@ KAFKA_PYTHON = "kafka-python"
 MAX_REPORTED_REJECTIONS = 20
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_esc = json.encoder.encode_basestring  # the C string escaper json.dumps itself uses
 
 
 @dataclass
@@ -89,6 +97,10 @@ class ProduceSummary:
         return out
 
 
+def _json_text(value: str | None) -> str:
+    return "null" if value is None else _esc(value)
+
+
 def encode_record(record: Mapping[str, Any], live_time: str | None = None) -> tuple[bytes | None, bytes, bool]:
     """``(key, value, valid)`` of one raw record as it goes on the wire."""
     event, _reason = validate_record(record)
@@ -96,11 +108,21 @@ def encode_record(record: Mapping[str, Any], live_time: str | None = None) -> tu
         raw = {name: as_text(record.get(name)) for name in CSV_COLUMNS}
         key = raw[USER_ID]
         return (key.encode() if key else None), _dumps(raw).encode(), False
-    if live_time is not None:
-        event[EVENT_TIME] = live_time
-    else:  # the validated text is already in the canonical form
-        event[EVENT_TIME] = event[EVENT_TIME].strftime(TIME_FORMAT_PY)
-    return str(event[USER_ID]).encode(), _dumps(event).encode(), True
+    if live_time is None:
+        text = as_text(record.get(EVENT_TIME))
+        # A 23-character text that parsed is already canonical (zero-padded); reuse it.
+        live_time = text if text and len(text) == 23 else event[EVENT_TIME].strftime(TIME_FORMAT_PY)
+    user = str(event[USER_ID])
+    # Hand-built JSON (same output as json.dumps of the typed dict, ~3x cheaper): ids are
+    # ints, the price a float (repr, as json.dumps writes it), texts escaped by json's escaper.
+    value = (
+        f'{{"event_time":{_esc(live_time)},"event_type":{_esc(event[EVENT_TYPE])},'
+        f'"product_id":{event[PRODUCT_ID]},"category_id":{event[CATEGORY_ID]},'
+        f'"category_code":{_json_text(event[CATEGORY_CODE])},"brand":{_json_text(event[BRAND])},'
+        f'"price":{float(event[PRICE])!r},"user_id":{user},'
+        f'"user_session":{_json_text(event[USER_SESSION])}}}'
+    )
+    return user.encode(), value.encode(), True
 
 
 class _Sender:
