@@ -162,5 +162,30 @@ def simulate(source: str, path: str | None, events: int | None, seed: int, rate:
         sys.exit(1)
 
 
+@main.command("stream")
+@click.option("--mode", type=click.Choice(["available-now", "continuous"]), default="continuous",
+              show_default=True, help="available-now: process what the topic holds, then stop.")
+@click.option("--max-offsets", type=int, default=None,
+              help="maxOffsetsPerTrigger: cap on records per micro-batch (all partitions).")
+@click.option("--trigger-seconds", type=float, default=2.0, show_default=True,
+              help="Processing-time trigger interval (continuous mode).")
+def stream(mode: str, max_offsets: int | None, trigger_seconds: float) -> None:
+    """Kafka -> Spark Structured Streaming -> MongoDB + lake (checkpoints under JOURNEY_DATA_DIR)."""
+    from journey_assets.resources.spark import build_spark_session
+    from journey_assets.settings import Settings
+    from journey_assets.streaming.pipeline import StreamOptions, run_stream, target_from
+    from journey_assets.streaming.progress import format_progress
+
+    settings = Settings.from_env()
+    options = StreamOptions(mode=mode, max_offsets_per_trigger=max_offsets,
+                            trigger_seconds=trigger_seconds)
+    spark = build_spark_session(master=settings.spark_master, app_name="journey_stream")
+    click.echo(f"streaming {settings.topic} -> {settings.mongo_db} ({mode})", err=True)
+    summary = run_stream(spark, target_from(settings), options,
+                         on_progress=lambda _q, rec: click.echo(format_progress(rec)))
+    click.echo(f"done: batches {summary.batches}, input rows {summary.input_rows}, "
+               f"{summary.seconds:.1f} s")
+
+
 if __name__ == "__main__":
     main()

@@ -153,8 +153,12 @@ class EventsSink:
 
     def _write(self, spark: SparkSession, batch: DataFrame, batch_id: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        dead = frame_documents(dead_letters(batch).withColumn(
-            "source", F.to_json(F.col("source"))))
+        # A payload that is not UTF-8 is kept with U+FFFD for the bad bytes (BSON text must be
+        # valid UTF-8, and so must Arrow's).
+        dead = frame_documents(
+            dead_letters(batch)
+            .withColumn("raw", F.make_valid_utf8(F.col("raw")))
+            .withColumn("source", F.to_json(F.col("source"))))
         for doc in dead:  # source as a sub-document {topic, partition, offset}
             doc["source"] = _source_dict(doc["source"])
         out[DEAD_LETTER_EVENTS] = self.stats.timed_upsert(self.db, DEAD_LETTER_EVENTS, dead,
