@@ -11,7 +11,13 @@ import dagster as dg
 from journey_assets import k8s
 from journey_assets.assets.dimensions import DIMENSION_CHECKS, dimension_tables
 from journey_assets.assets.ingestion import customer_events_topic, kafka_replay
+from journey_assets.assets.streaming import (
+    streaming_catchup_job,
+    streaming_job,
+    streaming_pipeline,
+)
 from journey_assets.resources import build_resources
+from journey_assets.sensors import streaming_supervisor
 from journey_assets.settings import Settings
 
 
@@ -25,11 +31,11 @@ def executor_for(settings: Settings) -> dg.ExecutorDefinition:
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or Settings.from_env()
     return dg.Definitions(
-        assets=[customer_events_topic, dimension_tables],
+        assets=[customer_events_topic, dimension_tables, streaming_pipeline],
         asset_checks=[*DIMENSION_CHECKS],
-        jobs=[kafka_replay],
+        jobs=[kafka_replay, streaming_job, streaming_catchup_job],
         schedules=[],
-        sensors=[],
+        sensors=[streaming_supervisor],
         resources={**build_resources(settings), **k8s.deployment_resources(settings)},
         executor=executor_for(settings),
     )

@@ -1,0 +1,117 @@
+"""The streaming outputs as Dagster assets, and the jobs that run the pipeline.
+
+One multi-asset op runs both streaming queries. ``streaming_job`` runs it continuously (the
+``streaming_supervisor`` sensor keeps exactly one such run alive); ``streaming_catchup_job``
+runs it available-now: everything the topic holds, then it stops. Each micro-batch is logged,
+and the touched assets are materialized at most every ``materialize_every_s`` seconds so the UI
+shows their freshness while the run is still going.
+"""
+
+# No `from __future__ import annotations`: Dagster reads the config annotation at runtime.
+
+import dagster as dg
+
+from journey_assets.resources import KafkaResource, LakeResource, MongoResource, SparkResource
+from journey_assets.streaming.pipeline import (
+    AVAILABLE_NOW,
+    CONTINUOUS,
+    StreamOptions,
+    StreamTarget,
+    run_stream,
+)
+from journey_assets.streaming.progress import DagsterProgressReporter
+from journey_assets.streaming.sinks import (
+    CONVERSION_FUNNEL,
+    DEAD_LETTER_EVENTS,
+    ENRICHED_EVENTS,
+    EVENT_AGGREGATIONS,
+    USER_SESSION_ANALYTICS,
+)
+
+# Defined by the events assets; referenced by key so this module does not import them.
+TOPIC_KEY = dg.AssetKey("customer_events_topic")
+PRODUCT_CATALOG_KEY = dg.AssetKey("product_catalog")
+USER_DIMENSION_KEY = dg.AssetKey("user_dimension")
+
+STREAMING_GROUP = "streaming"
+STREAMING_OP = "streaming_pipeline"
+STREAMING_JOB = "streaming_job"
+STREAMING_CATCHUP_JOB = "streaming_catchup_job"
+
+_KINDS = {"spark", "kafka", "mongodb"}
+STREAMING_SPECS = [
+    dg.AssetSpec(ENRICHED_EVENTS, group_name=STREAMING_GROUP, kinds={*_KINDS, "parquet"},
+                 deps=[TOPIC_KEY, PRODUCT_CATALOG_KEY, USER_DIMENSION_KEY],
+                 description="Unique valid events with keys and dimension fields (_id = "
+                             "event_id), in MongoDB and the Parquet lake by event_date."),
+    dg.AssetSpec(DEAD_LETTER_EVENTS, group_name=STREAMING_GROUP, kinds=_KINDS, deps=[TOPIC_KEY],
+                 description="Rejected records: raw payload, reason, topic/partition/offset."),
+    dg.AssetSpec(EVENT_AGGREGATIONS, group_name=STREAMING_GROUP, kinds=_KINDS, deps=[TOPIC_KEY],
+                 description="Per 5-min tumbling and 10/5-min sliding window x event_type x "
+                             "category_l1 (10-minute watermark, update mode)."),
+    dg.AssetSpec(USER_SESSION_ANALYTICS, group_name=STREAMING_GROUP, kinds=_KINDS,
+                 deps=[dg.AssetKey(ENRICHED_EVENTS)],
+                 description="Per user_session, recomputed from the lake for touched sessions."),
+    dg.AssetSpec(CONVERSION_FUNNEL, group_name=STREAMING_GROUP, kinds=_KINDS,
+                 deps=[dg.AssetKey(USER_SESSION_ANALYTICS)],
+                 description="Per day of session_start: sessions per funnel stage and rates."),
+]
+
+
+class StreamRunConfig(dg.Config):
+    mode: str = CONTINUOUS
+    trigger_seconds: float = 2.0
+    max_offsets_per_trigger: int | None = None
+    watermark: str = "10 minutes"
+    materialize_every_s: float = 30.0
+
+
+def stream_target(kafka: KafkaResource, mongo: MongoResource, lake: LakeResource) -> StreamTarget:
+    return StreamTarget(
+        bootstrap=kafka.bootstrap_servers, topic=kafka.topic,
+        mongo_uri=mongo.uri, mongo_db=mongo.database,
+        events_path=lake.events_path,
+        product_path=lake.dimension_path("product_catalog"),
+        user_path=lake.dimension_path("user_dimension"),
+        checkpoint_root=str(lake.root / "checkpoints"),
+    )
+
+
+@dg.multi_asset(specs=STREAMING_SPECS, name=STREAMING_OP, can_subset=False)
+def streaming_pipeline(context: dg.AssetExecutionContext, config: StreamRunConfig,
+                       kafka: KafkaResource, mongo: MongoResource, lake: LakeResource,
+                       spark: SparkResource):
+    """Run the two streaming queries (see journey_assets.streaming.pipeline)."""
+    kafka.ensure_topic()
+    options = StreamOptions(mode=config.mode, trigger_seconds=config.trigger_seconds,
+                            max_offsets_per_trigger=config.max_offsets_per_trigger,
+                            watermark=config.watermark, write_strategy=mongo.write_strategy)
+    reporter = DagsterProgressReporter(context, config.materialize_every_s)
+    context.log.info(f"streaming {kafka.topic} -> {mongo.database} ({config.mode})")
+    summary = run_stream(spark.get_session(), stream_target(kafka, mongo, lake), options,
+                         on_progress=reporter)
+    # The run's own materializations close it: totals of this run per asset.
+    sink_docs = summary.sinks.get("documents", {})
+    for spec in STREAMING_SPECS:
+        yield dg.MaterializeResult(asset_key=spec.key, metadata={
+            "mode": config.mode,
+            "batches": summary.batches,
+            "input_rows": summary.input_rows,
+            "documents_written": int(sink_docs.get(f"mongo.{spec.key.path[-1]}", 0)),
+            "seconds": round(summary.seconds, 1),
+        })
+
+
+def _job(name: str, mode: str, description: str):
+    return dg.define_asset_job(
+        name, selection=dg.AssetSelection.assets(*[s.key for s in STREAMING_SPECS]),
+        config={"ops": {STREAMING_OP: {"config": {"mode": mode}}}},
+        description=description, tags={"journey/streaming": mode},
+    )
+
+
+streaming_job = _job(STREAMING_JOB, CONTINUOUS,
+                     "Long-running streaming run (processing-time trigger); supervised by "
+                     "the streaming_supervisor sensor.")
+streaming_catchup_job = _job(STREAMING_CATCHUP_JOB, AVAILABLE_NOW,
+                             "Catch-up: process everything in the topic, then stop.")
