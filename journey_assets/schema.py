@@ -88,6 +88,11 @@ UNKNOWN_EVENT_TYPE = "unknown_event_type"
 UNPARSABLE_EVENT_TIME = "unparsable_event_time"
 NON_NUMERIC_PRICE = "non_numeric_price"
 NEGATIVE_PRICE = "negative_price"
+PRICE_OUT_OF_RANGE = "price_out_of_range"
+#: Prices at or above this are rejected: no real product costs that much, and the event id
+#: hashes the price in micro-units, which must fit a signed 64-bit integer.
+MAX_PRICE = 1e9
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def missing(field: str) -> str:
@@ -99,9 +104,12 @@ def non_integer(field: str) -> str:
 
 
 _INTEGER_RE = r"^-?[0-9]+$"
+# Exactly the REES46 form, zero-padded: strptime alone would also take "2019-10-1 0:0:0 UTC".
+_TIME_RE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2} UTC$"
 _NUMBER_RE = r"^-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
 _INTEGER_PY = re.compile(_INTEGER_RE)
 _NUMBER_PY = re.compile(_NUMBER_RE)
+_TIME_PY = re.compile(_TIME_RE)
 # The hash separator: a control character that never occurs in REES46 text.
 _SEP = "\x1f"
 _NULL = "\\N"
@@ -127,6 +135,8 @@ def as_text(value: Any) -> str | None:
 
 
 def parse_time(text: str) -> datetime | None:
+    if not _TIME_PY.match(text):
+        return None
     try:
         return datetime.strptime(text, TIME_FORMAT_PY).replace(tzinfo=UTC)
     except ValueError:
@@ -153,13 +163,16 @@ def validate_record(record: Mapping[str, Any]) -> tuple[dict[str, Any] | None, s
     if ts is None:
         return None, UNPARSABLE_EVENT_TIME
     for name in INTEGER_FIELDS:
-        if not _INTEGER_PY.match(text[name]):  # type: ignore[arg-type]
+        value = text[name]
+        if not _INTEGER_PY.match(value) or not _INT64_MIN <= int(value) <= _INT64_MAX:  # type: ignore[arg-type]
             return None, non_integer(name)
     if not _NUMBER_PY.match(text[PRICE]):  # type: ignore[arg-type]
         return None, NON_NUMERIC_PRICE
     price = float(text[PRICE])  # type: ignore[arg-type]
     if price < 0:
         return None, NEGATIVE_PRICE
+    if not price < MAX_PRICE:
+        return None, PRICE_OUT_OF_RANGE
     event = {
         EVENT_TIME: ts,
         EVENT_TYPE: text[EVENT_TYPE],
@@ -227,16 +240,25 @@ def validate_columns(raw: Column | None = None) -> tuple[Column, dict[str, Colum
         c = raw[name] if raw is not None else F.col(name)
         return _blank_to_null(c)
 
-    ts = F.try_to_timestamp(field(EVENT_TIME), F.lit(TIME_FORMAT_SPARK))
+    time_text = field(EVENT_TIME)
+    ts = F.when(time_text.rlike(_TIME_RE),
+                F.try_to_timestamp(time_text, F.lit(TIME_FORMAT_SPARK)))
     price_text = field(PRICE)
+    price = price_text.try_cast(DoubleType())
     reason = None
     checks: list[tuple[Column, str]] = [
         *((field(name).isNull(), missing(name)) for name in REQUIRED_FIELDS),
         (~field(EVENT_TYPE).isin(*EVENT_TYPES), UNKNOWN_EVENT_TYPE),
         (ts.isNull(), UNPARSABLE_EVENT_TIME),
-        *((~field(name).rlike(_INTEGER_RE), non_integer(name)) for name in INTEGER_FIELDS),
+        *(
+            (~field(name).rlike(_INTEGER_RE) | field(name).try_cast(LongType()).isNull(),
+             non_integer(name))
+            for name in INTEGER_FIELDS
+        ),
         (~price_text.rlike(_NUMBER_RE), NON_NUMERIC_PRICE),
-        (price_text.cast(DoubleType()) < 0, NEGATIVE_PRICE),
+        (price < 0, NEGATIVE_PRICE),
+        # try_cast gives +inf for "1e400", like Python's float(); NaN never passes the regex.
+        (~(price < MAX_PRICE), PRICE_OUT_OF_RANGE),
     ]
     for condition, why in checks:
         reason = F.when(condition, F.lit(why)) if reason is None else reason.when(condition, F.lit(why))
@@ -247,7 +269,7 @@ def validate_columns(raw: Column | None = None) -> tuple[Column, dict[str, Colum
         CATEGORY_ID: field(CATEGORY_ID).try_cast(LongType()),
         CATEGORY_CODE: field(CATEGORY_CODE),
         BRAND: field(BRAND),
-        PRICE: price_text.try_cast(DoubleType()),
+        PRICE: price,
         USER_ID: field(USER_ID).try_cast(LongType()),
         USER_SESSION: field(USER_SESSION),
     }

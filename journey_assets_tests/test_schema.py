@@ -68,19 +68,18 @@ def test_validation_and_event_id_parity(spark, records):
             "negative_price", "non_numeric_price", "non_integer_user_id"} <= reasons
 
 
-# Known divergences of schema.py found by this test (reported to the schema owner). Strict:
-# once schema.py is fixed these start passing and the marker must go.
-KNOWN_DIVERGENCES = [
-    pytest.param({"event_time": "2019-10-1 0:0:0 UTC"}, id="unpadded-time"),       # py ok, spark rejects
-    pytest.param({"user_id": "99999999999999999999"}, id="id-beyond-int64"),       # spark: null user_id
-    pytest.param({"price": "1e13"}, id="price-overflows-micros"),                  # spark event_id crashes
-    pytest.param({"price": "1e400"}, id="infinite-price"),                          # both crash in event_id
+# Edge cases where the Python and Spark rules once diverged (both now reject all four).
+EDGE_CASES = [
+    pytest.param({"event_time": "2019-10-1 0:0:0 UTC"}, id="unpadded-time"),
+    pytest.param({"user_id": "99999999999999999999"}, id="id-beyond-int64"),
+    pytest.param({"price": "1e13"}, id="price-overflows-micros"),
+    pytest.param({"price": "1e400"}, id="infinite-price"),
+    pytest.param({"price": "999999999.99"}, id="largest-accepted-price"),
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="schema.py divergence, see KNOWN_DIVERGENCES")
-@pytest.mark.parametrize("change", KNOWN_DIVERGENCES)
-def test_known_divergences(spark, change):
+@pytest.mark.parametrize("change", EDGE_CASES)
+def test_edge_cases_agree(spark, change):
     base = next(iter(generate_records(SyntheticConfig(n_events=10, seed=1))))
     record = base | change
     raw = spark.createDataFrame([tuple(record[c] for c in CSV_COLUMNS)], RAW_SCHEMA)
