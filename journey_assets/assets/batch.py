@@ -63,6 +63,8 @@ class SegmentConfig(dg.Config):
     pca_k: int = 6
     max_iter: int = 30
     seed: int = 42
+    #: Fit and choose k on a sample of at most this many users, then score everyone.
+    max_fit_users: int = 200_000
 
 
 class ChurnConfig(dg.Config):
@@ -178,7 +180,8 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
         try:
             result = segment_ml.fit_segments(
                 features, range(config.k_min, config.k_max + 1), use_pca=config.use_pca,
-                pca_k=config.pca_k, seed=config.seed, max_iter=config.max_iter)
+                pca_k=config.pca_k, seed=config.seed, max_iter=config.max_iter,
+                max_fit_users=config.max_fit_users)
             model_version = f"{as_of}-{context.run_id[:8]}"
             model_path = lake.model_path("segments", model_version)
             result.model.write().overwrite().save(model_path)

@@ -67,17 +67,25 @@ def preparation_stages(use_pca: bool, pca_k: int) -> list[Any]:
 
 def fit_segments(features: DataFrame, k_values: Sequence[int] = (3, 4, 5, 6),
                  use_pca: bool = True, pca_k: int = 6, seed: int = 42,
-                 max_iter: int = 30) -> SegmentationResult:
+                 max_iter: int = 30, max_fit_users: int | None = None) -> SegmentationResult:
     """Fit the preparation once, KMeans for every k, keep the k with the best silhouette.
 
+    With ``max_fit_users`` the models are fitted (and k chosen) on a seeded random sample of
+    that many users, then every user is scored: centroids of 100k users are as good as of
+    all, at a fraction of the cost of 4 KMeans fits over everyone.
     Returns the whole fitted PipelineModel (preparation + chosen KMeans), so scoring a new
     snapshot is ``model.transform(features)``.
     """
     k_values = sorted({int(k) for k in k_values if int(k) >= 2})
     if not k_values:
         raise ValueError("k_values needs at least one k >= 2")
-    prep = Pipeline(stages=preparation_stages(use_pca, pca_k)).fit(features)
-    prepared = prep.transform(features).select(USER_ID, "model_features").cache()
+    fit_on = features
+    if max_fit_users is not None:
+        total = features.count()
+        if total > max_fit_users:
+            fit_on = features.sample(fraction=max_fit_users / total, seed=seed)
+    prep = Pipeline(stages=preparation_stages(use_pca, pca_k)).fit(fit_on)
+    prepared = prep.transform(fit_on).select(USER_ID, "model_features").cache()
     try:
         n_users = prepared.count()
         if n_users <= max(k_values):
