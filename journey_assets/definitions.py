@@ -9,6 +9,7 @@ from __future__ import annotations
 import dagster as dg
 
 from journey_assets import k8s
+from journey_assets.assets.batch import build_batch_definitions
 from journey_assets.assets.dimensions import DIMENSION_CHECKS, dimension_tables
 from journey_assets.assets.ingestion import customer_events_topic, kafka_replay
 from journey_assets.assets.streaming import (
@@ -30,11 +31,12 @@ def executor_for(settings: Settings) -> dg.ExecutorDefinition:
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or Settings.from_env()
+    batch = build_batch_definitions(settings)
     return dg.Definitions(
-        assets=[customer_events_topic, dimension_tables, streaming_pipeline],
+        assets=[customer_events_topic, dimension_tables, streaming_pipeline, *batch.assets],
         asset_checks=[*DIMENSION_CHECKS],
-        jobs=[kafka_replay, streaming_job, streaming_catchup_job],
-        schedules=[],
+        jobs=[kafka_replay, streaming_job, streaming_catchup_job, *batch.jobs],
+        schedules=[*batch.schedules],
         sensors=[streaming_supervisor],
         resources={**build_resources(settings), **k8s.deployment_resources(settings)},
         executor=executor_for(settings),

@@ -49,6 +49,9 @@ CHURN_AUC_CHECK = "churn_auc_plausible"
 #: USELESS_AUC the model is not worth serving.
 LEAKAGE_AUC = 0.99
 USELESS_AUC = 0.6
+#: The lake the streaming assets write (journey_assets.streaming.sinks.ENRICHED_EVENTS): the
+#: upstream of every batch asset, declared by key only (lineage, no import of streaming code).
+EVENT_LAKE = dg.AssetKey("enriched_events")
 
 
 # -- configuration ------------------------------------------------------------------------
@@ -133,7 +136,7 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
     """The five batch assets over ``partitions`` (daily, key = as_of day)."""
 
     @dg.asset(name=USER_FEATURES, partitions_def=partitions, group_name=GROUP,
-              kinds={"spark", "parquet", "mongodb"},
+              deps=[EVENT_LAKE], kinds={"spark", "parquet", "mongodb"},
               description="Per-user RFM, engagement and session features as of the partition "
                           "day over a lookback window; feature store snapshot + Mongo.")
     def user_feature_engineering(context: dg.AssetExecutionContext, config: FeatureConfig,
@@ -211,7 +214,7 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
         })
 
     @dg.asset(name=CHURN_PREDICTIONS, partitions_def=partitions, group_name=GROUP,
-              deps=[user_feature_engineering], kinds={"spark", "mongodb"},
+              deps=[user_feature_engineering, EVENT_LAKE], kinds={"spark", "mongodb"},
               check_specs=[dg.AssetCheckSpec(
                   CHURN_AUC_CHECK, asset=CHURN_PREDICTIONS,
                   description=f"test AUC-ROC in [{USELESS_AUC}, {LEAKAGE_AUC}): higher smells "
@@ -298,7 +301,7 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
         )
 
     @dg.asset(name=TIME_SERIES, partitions_def=partitions, group_name=GROUP,
-              kinds={"spark", "mongodb"},
+              deps=[EVENT_LAKE], kinds={"spark", "mongodb"},
               description="Daily counts per event_type with 7/3-day moving averages and "
                           "day-over-day growth; hour-of-day profile; trend plot.")
     def time_series_analysis(context: dg.AssetExecutionContext, config: TimeSeriesConfig,
@@ -347,7 +350,7 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
         })
 
     @dg.asset(name=STATISTICS, partitions_def=partitions, group_name=GROUP,
-              deps=[user_feature_engineering], kinds={"spark", "mongodb"},
+              deps=[user_feature_engineering, EVENT_LAKE], kinds={"spark", "mongodb"},
               description="Price percentiles per category, feature correlations, chi-square of "
                           "price tier vs purchase, skewness and kurtosis.")
     def statistical_analysis(context: dg.AssetExecutionContext, spark: SparkResource,
