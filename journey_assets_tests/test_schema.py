@@ -71,6 +71,8 @@ def test_validation_and_event_id_parity(spark, records):
 # Edge cases where the Python and Spark rules once diverged (both now reject all four).
 EDGE_CASES = [
     pytest.param({"event_time": "2019-10-1 0:0:0 UTC"}, id="unpadded-time"),
+    pytest.param({"event_time": "2019-02-30 00:00:00 UTC"}, id="impossible-date"),
+    pytest.param({"event_time": "2019-10-01 24:00:00 UTC"}, id="hour-24"),
     pytest.param({"user_id": "99999999999999999999"}, id="id-beyond-int64"),
     pytest.param({"price": "1e13"}, id="price-overflows-micros"),
     pytest.param({"price": "1e400"}, id="infinite-price"),
