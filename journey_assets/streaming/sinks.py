@@ -171,7 +171,8 @@ class EventsSink:
         enriched = (enrich_events(valid_events(batch), products, users)
                     .dropDuplicates([EVENT_ID]).persist())
         try:
-            if enriched.isEmpty():
+            dates = [r[0] for r in enriched.select(EVENT_DATE).distinct().collect()]
+            if not dates:
                 out[ENRICHED_EVENTS] = 0
                 return out
             start = time.perf_counter()
@@ -181,7 +182,7 @@ class EventsSink:
             out[ENRICHED_EVENTS] = self.stats.timed_upsert(self.db, ENRICHED_EVENTS, docs,
                                                            self.strategy)
             start = time.perf_counter()
-            sessions, funnel = self._recompute_sessions(spark, enriched)
+            sessions, funnel = self._recompute_sessions(spark, enriched, dates)
             self.stats.add_seconds("sessions_recompute", time.perf_counter() - start)
             out[USER_SESSION_ANALYTICS] = self.stats.timed_upsert(
                 self.db, USER_SESSION_ANALYTICS, sessions, self.strategy)
@@ -191,7 +192,7 @@ class EventsSink:
             enriched.unpersist()
         return out
 
-    def _recompute_sessions(self, spark: SparkSession, enriched: DataFrame,
+    def _recompute_sessions(self, spark: SparkSession, enriched: DataFrame, dates: list[dt.date],
                             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Sessions touched by the batch and funnel days they can affect, from the lake.
 
@@ -199,7 +200,6 @@ class EventsSink:
         session holding an event of day D started on D-h..D and all its events lie within
         D-h..D+h: reading those lake partitions gives complete sessions.
         """
-        dates = [r[0] for r in enriched.select(EVENT_DATE).distinct().collect()]
         first = min(dates) - dt.timedelta(days=self.horizon)
         last = max(dates) + dt.timedelta(days=self.horizon)
         history = read_event_lake(spark, self.events_path, first.isoformat(), last.isoformat())

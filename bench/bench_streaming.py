@@ -1,0 +1,192 @@
+"""Streaming benchmark: sustained events/s Kafka -> Spark -> MongoDB, and event-to-aggregate
+latency in continuous mode.
+
+    .local/venv/bin/python bench/bench_streaming.py [--events 200000] [--max-offsets 50000]
+        [--latency-rate 2000] [--latency-seconds 60] [--trigger-seconds 1]
+
+1. Throughput: ``--events`` synthetic events are produced into a fresh topic first, then an
+   available-now run drains it (``--max-offsets`` per micro-batch). Prints events/s over the
+   whole run and the share of wall time spent in each sink (MongoDB per collection, the lake,
+   the session/funnel recomputation). FerretDB (the local MongoDB) is 10-100x slower than
+   MongoDB at writes, so the Mongo share is reported separately.
+2. Latency: a continuous run (processing-time trigger) while this script produces live events
+   (event_time = now) at ``--latency-rate`` for ``--latency-seconds``; a poller reads the
+   tumbling-window documents of event_aggregations every 0.25 s. An event counts as visible
+   when its group's event_count reaches its position in that group; latency = first poll that
+   sees it - its send time. Prints p50/p95/max.
+Uses the JOURNEY_* environment for Kafka/Mongo; throw-away topic, database and data dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from confluent_kafka import Producer
+from pymongo import MongoClient
+
+from journey_assets.resources.kafka import ensure_topic
+from journey_assets.resources.spark import build_spark_session
+from journey_assets.schema import TIME_FORMAT_PY, category_l1, validate_record
+from journey_assets.settings import Settings
+from journey_assets.sources.producer import encode_record, produce
+from journey_assets.sources.synthetic import SyntheticConfig, generate_records
+from journey_assets.streaming.pipeline import StreamOptions, run_stream, target_from
+
+
+def _settings(base: Settings, name: str, data_dir: Path) -> Settings:
+    tag = uuid.uuid4().hex[:6]
+    return replace(base, topic=f"bench_stream_{name}_{tag}", mongo_db=f"bench_stream_{name}_{tag}",
+                   data_dir=data_dir / name)
+
+
+def throughput(base: Settings, spark, data_dir: Path, events: int, max_offsets: int) -> None:
+    settings = _settings(base, "tput", data_dir)
+    ensure_topic(settings.kafka_bootstrap, settings.topic, partitions=3)
+    records = generate_records(SyntheticConfig(n_events=events, seed=1, days=30))
+    sent = produce(records, settings.kafka_bootstrap, settings.topic, progress=False)
+    print(f"produced {sent.sent:,} events in {sent.seconds:.1f} s", flush=True)
+    cpu0 = time.process_time()
+    summary = run_stream(spark, target_from(settings),
+                         StreamOptions(mode="available-now", max_offsets_per_trigger=max_offsets),
+                         on_progress=lambda q, r: print(
+                             f"  [{q}] batch {r['batch_id']}: {r['input_rows']} rows, "
+                             f"{r['duration_ms']} ms", flush=True))
+    wall = summary.seconds
+    rows = summary.input_rows.get("events", 0)
+    print(f"THROUGHPUT available-now: {rows:,} events in {wall:.1f} s = {rows / wall:,.0f} "
+          f"events/s Kafka -> MongoDB+lake (both queries; driver cpu {time.process_time() - cpu0:.1f} s)")
+    secs = summary.sinks["seconds"]
+    docs = summary.sinks["documents"]
+    mongo = sum(v for k, v in secs.items() if k.startswith("mongo."))
+    print(f"  MongoDB sink share: {mongo:.1f} s of {wall:.1f} s ({100 * mongo / wall:.0f}%)")
+    for name, s in sorted(secs.items()):
+        n = docs.get(name)
+        rate = f", {n / s:,.0f} docs/s" if n and s else ""
+        print(f"    {name:<32} {s:7.1f} s{f', {n:,} docs' if n else ''}{rate}")
+    no_mongo = wall - mongo
+    print(f"  without the MongoDB sink time: {rows / no_mongo:,.0f} events/s")
+    MongoClient(settings.mongo_uri).drop_database(settings.mongo_db)
+
+
+def latency(base: Settings, spark, data_dir: Path, rate: float, seconds: float,
+            trigger_seconds: float) -> None:
+    settings = _settings(base, "latency", data_dir)
+    ensure_topic(settings.kafka_bootstrap, settings.topic, partitions=3)
+    records = list(generate_records(SyntheticConfig(n_events=int(rate * seconds), seed=2, days=1,
+                                                    duplicate_fraction=0.0)))
+    sent_at: dict[tuple, list[float]] = defaultdict(list)   # group -> send times, in order
+    seen: dict[tuple, list[tuple[float, int]]] = defaultdict(list)
+    stop = threading.Event()
+    started = threading.Event()
+
+    def produce_live() -> None:
+        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
+        started.wait()
+        time.sleep(5)  # let the first (empty) triggers pass
+        t0 = time.monotonic()
+        for i, rec in enumerate(records):
+            due = t0 + i / rate
+            now = time.monotonic()
+            if due > now:
+                time.sleep(due - now)
+            wall = time.time()
+            stamp = datetime.fromtimestamp(int(wall), UTC)
+            key, value, valid = encode_record(rec, stamp.strftime(TIME_FORMAT_PY))
+            producer.produce(settings.topic, key=key, value=value)
+            producer.poll(0)
+            if valid:
+                ev, _ = validate_record(rec)
+                group = (int(stamp.timestamp()) // 300 * 300, ev["event_type"],
+                         category_l1(ev["category_code"]))
+                sent_at[group].append(wall)
+        producer.flush()
+        time.sleep(4 * trigger_seconds + 10)
+        stop.set()
+
+    def poll_mongo() -> None:
+        db = MongoClient(settings.mongo_uri, tz_aware=True)[settings.mongo_db]
+        started.wait()
+        while not stop.is_set():
+            now = time.time()
+            for doc in db.event_aggregations.find({"window_type": "tumbling_5m"},
+                                                  {"window_start": 1, "event_type": 1,
+                                                   "category_l1": 1, "event_count": 1}):
+                group = (int(doc["window_start"].timestamp()), doc["event_type"], doc["category_l1"])
+                seen[group].append((now, doc["event_count"]))
+            time.sleep(0.25)
+
+    threads = [threading.Thread(target=produce_live, daemon=True),
+               threading.Thread(target=poll_mongo, daemon=True)]
+    for t in threads:
+        t.start()
+
+    def on_progress(query: str, rec: dict) -> None:
+        started.set()
+        if rec["input_rows"]:
+            print(f"  [{query}] batch {rec['batch_id']}: {rec['input_rows']} rows, "
+                  f"{rec['duration_ms']} ms", flush=True)
+
+    run_stream(spark, target_from(settings),
+               StreamOptions(mode="continuous", trigger_seconds=trigger_seconds, poll_seconds=0.5),
+               on_progress=on_progress, should_stop=stop.is_set)
+    latencies = []
+    missing = 0
+    for group, times in sent_at.items():
+        obs = sorted(seen.get(group, []))
+        for i, t_sent in enumerate(times):
+            visible = next((t for t, count in obs if count >= i + 1 and t >= t_sent), None)
+            if visible is None:
+                missing += 1
+            else:
+                latencies.append(visible - t_sent)
+    latencies.sort()
+    if latencies:
+        p50 = statistics.median(latencies)
+        p95 = latencies[int(0.95 * (len(latencies) - 1))]
+        print(f"LATENCY continuous (trigger {trigger_seconds} s, {rate:,.0f} events/s for "
+              f"{seconds:.0f} s): p50 {p50:.2f} s, p95 {p95:.2f} s, max {latencies[-1]:.2f} s "
+              f"over {len(latencies):,} events ({missing} never seen)")
+    else:
+        print(f"LATENCY: no event became visible ({missing} sent)")
+    MongoClient(settings.mongo_uri).drop_database(settings.mongo_db)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--max-offsets", type=int, default=50_000)
+    parser.add_argument("--latency-rate", type=float, default=2_000)
+    parser.add_argument("--latency-seconds", type=float, default=60)
+    parser.add_argument("--trigger-seconds", type=float, default=1.0)
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-latency", action="store_true")
+    args = parser.parse_args()
+
+    base = Settings.from_env()
+    spark = build_spark_session(master=base.spark_master, app_name="bench_streaming",
+                                shuffle_partitions=2)
+    print(f"load average at start: {os.getloadavg()}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench_streaming_") as tmp:
+        if not args.skip_throughput:
+            throughput(base, spark, Path(tmp), args.events, args.max_offsets)
+        if not args.skip_latency:
+            latency(base, spark, Path(tmp), args.latency_rate, args.latency_seconds,
+                    args.trigger_seconds)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"load average at end: {os.getloadavg()}; peak driver (python) RSS {peak:.0f} MB")
+    spark.stop()
+
+
+if __name__ == "__main__":
+    main()
