@@ -244,8 +244,8 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
             model = churn_ml.fit_churn_model(train, config.num_trees, config.max_depth,
                                              config.seed)
             metrics = churn_ml.evaluate(model, test, config.threshold)
-            train_users = train.count()
-            train_churn_rate = train.agg(F.avg(churn_ml.LABEL)).first()[0]
+            train_users, train_churn_rate = train.agg(F.count(F.lit(1)),
+                                                      F.avg(churn_ml.LABEL)).first()
         finally:
             train.unpersist()
             test.unpersist()
@@ -254,9 +254,15 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
         model.write().overwrite().save(model_path)
         scored = churn_ml.score(model, predict_features, config.threshold).select(
             USER_ID, churn_ml.CHURN_PROBABILITY, churn_ml.CHURN_PREDICTION)
-        written = mongo.replace_partition(
-            CHURN_PREDICTIONS, {AS_OF: as_of},
-            row_documents(scored, as_of, {"model_version": model_version}))
+        predicted_churners = 0
+
+        def churn_documents() -> Iterator[dict[str, Any]]:
+            nonlocal predicted_churners  # counted on the way to Mongo: no second scoring pass
+            for doc in row_documents(scored, as_of, {"model_version": model_version}):
+                predicted_churners += doc[churn_ml.CHURN_PREDICTION]
+                yield doc
+
+        written = mongo.replace_partition(CHURN_PREDICTIONS, {AS_OF: as_of}, churn_documents())
         importances = churn_ml.feature_importances(model)
 
         auc = metrics["auc_roc"]
@@ -273,8 +279,7 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
         return dg.MaterializeResult(
             metadata={
                 "users_scored": written,
-                "predicted_churners": int(scored.where(
-                    F.col(churn_ml.CHURN_PREDICTION) == 1).count()),
+                "predicted_churners": predicted_churners,
                 "auc_roc": auc,
                 "auc_pr": metrics["auc_pr"],
                 "precision": metrics["precision"],
