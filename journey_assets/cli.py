@@ -79,15 +79,38 @@ def setup(with_helm: bool) -> None:
 
 @main.command("dev")
 @click.option("--port", default=3000, show_default=True, help="Dagster UI port.")
-def dev(port: int) -> None:
-    """Stack up, then `dagster dev` on the asset graph (the streaming sensor starts the job)."""
+@click.option("--seed-events", default=200_000, show_default=True,
+              help="Synthetic events produced first when the topic is empty (0: none).")
+def dev(port: int, seed_events: int) -> None:
+    """The main job on the embedded stack: stack up, seed the topic, build the dimension
+    tables, then `dagster dev` (its streaming_supervisor sensor starts streaming_job)."""
     from journey_assets.local.stack import LocalStack
+    from journey_assets.resources.kafka import end_offsets, ensure_topic
+    from journey_assets.settings import Settings
 
     for line in _run_or_exit(LocalStack().up):
         click.echo(line)
-    home = Path(os.environ.get("DAGSTER_HOME", Path.cwd() / ".local" / "dagster_home"))
+    settings = Settings.from_env()
+    home = Path(os.environ.get("DAGSTER_HOME", Path.cwd() / ".local" / "dagster_home")).resolve()
     home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").touch()
     env = {**os.environ, "DAGSTER_HOME": str(home)}
+    ensure_topic(settings.kafka_bootstrap, settings.topic)
+    if seed_events and sum(end_offsets(settings.kafka_bootstrap, settings.topic).values()) == 0:
+        from journey_assets.sources.producer import produce, source_records
+
+        click.echo(f"seeding {settings.topic} with {seed_events:,} synthetic events", err=True)
+        summary = produce(source_records("synthetic", events=seed_events, seed=42,
+                                         invalid_fraction=0.001),
+                          settings.kafka_bootstrap, settings.topic)
+        for line in summary.lines():
+            click.echo(line)
+        # Dimensions first, so that the streaming job enriches with them from its first batch.
+        click.echo("materializing product_catalog, category_hierarchy, user_dimension", err=True)
+        subprocess.check_call(
+            [sys.executable, "-m", "dagster", "asset", "materialize", "-m",
+             "journey_assets.definitions", "--select",
+             "product_catalog,category_hierarchy,user_dimension"], env=env)
     workspace = Path.cwd() / "workspace.yaml"
     cmd = [sys.executable, "-m", "dagster", "dev", "-p", str(port)]
     cmd += ["-w", str(workspace)] if workspace.exists() else ["-m", "journey_assets.definitions"]
