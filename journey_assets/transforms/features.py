@@ -89,62 +89,72 @@ def build_user_features(events: DataFrame, as_of: str | date,
     window = events_in_window(events, start, end).select(
         USER_ID, USER_SESSION, EVENT_TIME, EVENT_DATE, EVENT_TYPE, PRICE, CATEGORY_ID
     )
-    is_purchase = F.col(EVENT_TYPE) == F.lit("purchase")
-    is_cart = F.col(EVENT_TYPE) == F.lit("cart")
-
-    base = window.groupBy(USER_ID).agg(
-        F.count(F.lit(1)).alias("frequency"),
-        F.coalesce(F.sum(F.when(is_purchase, F.col(PRICE))), F.lit(0.0)).alias("monetary"),
-        F.avg(PRICE).alias("avg_price"),
-        F.countDistinct(CATEGORY_ID).alias("category_diversity"),
-        F.countDistinct(EVENT_DATE).alias("active_days"),
-        F.datediff(F.lit(end.isoformat()).cast("date"), F.max(EVENT_DATE)).alias("recency_days"),
+    # One event-level shuffle: pivot per (user, session) with the event types as columns (fixed
+    # values: no discovery pass, every column exists), then roll sessions up per user. Distinct
+    # categories and days travel as per-session sets, cheaper than countDistinct's Expand.
+    per_session = window.groupBy(USER_ID, USER_SESSION).pivot(EVENT_TYPE, list(EVENT_TYPES)).agg(
+        F.count(F.lit(1)).alias("n"),
+        F.sum(PRICE).alias("price"),
+        F.min(EVENT_TIME).alias("first"),
+        F.max(EVENT_TIME).alias("last"),
+        F.collect_set(CATEGORY_ID).alias("cats"),
+        F.collect_set(EVENT_DATE).alias("days"),
     )
 
-    # Fixed pivot values: no extra pass to discover them, and every column exists even when a
-    # type is absent from the window.
-    counts = window.groupBy(USER_ID).pivot(EVENT_TYPE, list(EVENT_TYPES)).count()
-    counts = counts.select(
+    def per_type(agg: str) -> list:
+        return [F.col(f"{t}_{agg}") for t in EVENT_TYPES]
+
+    def union(agg: str, element_type: str):
+        """Distinct union of one set-valued aggregate over the event-type columns."""
+        empty = F.array().cast(f"array<{element_type}>")
+        return F.array_distinct(F.flatten(F.array(
+            *(F.coalesce(c, empty) for c in per_type(agg)))))
+
+    session = per_session.select(
         USER_ID,
-        *(F.coalesce(F.col(t), F.lit(0)).cast("long").alias(col)
-          for t, col in EVENT_COUNT_COLUMNS.items()),
+        F.col(USER_SESSION).isNotNull().alias("_real"),
+        *(F.coalesce(F.col(f"{t}_n"), F.lit(0)).alias(f"_n_{t}") for t in EVENT_TYPES),
+        F.aggregate(F.array(*(F.coalesce(c, F.lit(0.0)) for c in per_type("price"))),
+                    F.lit(0.0), lambda acc, x: acc + x).alias("_price"),
+        F.coalesce(F.col("purchase_price"), F.lit(0.0)).alias("_monetary"),
+        (F.unix_timestamp(F.greatest(*per_type("last")))
+         - F.unix_timestamp(F.least(*per_type("first")))).alias("_duration_s"),
+        union("cats", "bigint").alias("_cats"),
+        union("days", "date").alias("_days"),
     )
-
-    per_session = (
-        window.where(F.col(USER_SESSION).isNotNull())
-        .groupBy(USER_ID, USER_SESSION)
-        .agg(
-            (F.unix_timestamp(F.max(EVENT_TIME)) - F.unix_timestamp(F.min(EVENT_TIME)))
-            .alias("duration_s"),
-            F.max(is_cart.cast("int")).alias("has_cart"),
-            F.max(is_purchase.cast("int")).alias("has_purchase"),
-        )
+    real = F.col("_real")
+    has_cart = F.col("_n_cart") > 0
+    has_purchase = F.col("_n_purchase") > 0
+    users = session.groupBy(USER_ID).agg(
+        *(F.sum(f"_n_{t}").alias(col) for t, col in EVENT_COUNT_COLUMNS.items()),
+        F.sum("_price").alias("_price"),
+        F.sum("_monetary").alias("monetary"),
+        F.sum(real.cast("long")).alias("sessions"),
+        F.avg(F.when(real, F.col("_duration_s"))).alias("avg_session_duration_s"),
+        F.sum((real & has_cart).cast("long")).alias("_cart_sessions"),
+        F.sum((real & has_cart & ~has_purchase).cast("long")).alias("_abandoned_sessions"),
+        F.array_distinct(F.flatten(F.collect_list("_cats"))).alias("_cats"),
+        F.array_distinct(F.flatten(F.collect_list("_days"))).alias("_days"),
     )
-    sessions = per_session.groupBy(USER_ID).agg(
-        F.count(F.lit(1)).alias("sessions"),
-        F.avg("duration_s").cast("double").alias("avg_session_duration_s"),
-        F.sum("has_cart").alias("_cart_sessions"),
-        F.sum(((F.col("has_cart") == 1) & (F.col("has_purchase") == 0)).cast("int"))
-        .alias("_abandoned_sessions"),
-    )
-
-    joined = base.join(counts, USER_ID, "left").join(sessions, USER_ID, "left")
-    return joined.select(
+    frequency = sum((F.col(c) for c in EVENT_COUNT_COLUMNS.values()), F.lit(0))
+    return users.select(
         F.col(USER_ID),
         F.lit(end.isoformat()).alias(AS_OF),
         F.lit(lookback_days).alias(LOOKBACK_DAYS),
-        F.col("recency_days").cast("int").alias("recency_days"),
-        F.col("frequency").cast("long").alias("frequency"),
+        F.datediff(F.lit(end.isoformat()).cast("date"), F.array_max("_days"))
+        .cast("int").alias("recency_days"),
+        frequency.cast("long").alias("frequency"),
         F.col("monetary").cast("double").alias("monetary"),
-        *(F.col(c) for c in EVENT_COUNT_COLUMNS.values()),
-        F.coalesce(F.col("sessions"), F.lit(0)).cast("long").alias("sessions"),
-        F.coalesce(F.col("avg_session_duration_s"), F.lit(0.0)).alias("avg_session_duration_s"),
-        F.when(F.coalesce(F.col("_cart_sessions"), F.lit(0)) > 0,
+        *(F.col(c).cast("long").alias(c) for c in EVENT_COUNT_COLUMNS.values()),
+        F.col("sessions").cast("long").alias("sessions"),
+        F.coalesce(F.col("avg_session_duration_s"), F.lit(0.0)).cast("double")
+        .alias("avg_session_duration_s"),
+        F.when(F.col("_cart_sessions") > 0,
                F.col("_abandoned_sessions") / F.col("_cart_sessions"))
         .otherwise(F.lit(0.0)).cast("double").alias("cart_abandonment_rate"),
-        F.col("category_diversity").cast("long").alias("category_diversity"),
-        F.col("avg_price").cast("double").alias("avg_price"),
-        F.col("active_days").cast("long").alias("active_days"),
+        F.size("_cats").cast("long").alias("category_diversity"),
+        (F.col("_price") / frequency).cast("double").alias("avg_price"),
+        F.size("_days").cast("long").alias("active_days"),
     )
 
 
