@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from pymongo.database import Database
 
 from journey_assets.resources.kafka import ensure_topic
@@ -61,6 +62,7 @@ def _committed(checkpoint: Path) -> int:
     return len([p for p in commits.iterdir() if p.name.isdigit()]) if commits.exists() else 0
 
 
+@pytest.mark.slow  # two Spark process starts: ~4 min on 2 shared cores
 def test_sigkill_mid_replay_then_restart_equals_uninterrupted(
         stream_settings: Settings, stream_db: Database, tmp_path: Path) -> None:  # noqa: F811
     config = SyntheticConfig(n_events=5_000, seed=11, days=1, duplicate_fraction=0.02,
