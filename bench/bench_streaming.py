@@ -135,7 +135,7 @@ def latency(base: Settings, spark, data_dir: Path, rate: float, seconds: float,
         started.set()
         if rec["input_rows"]:
             print(f"  [{query}] batch {rec['batch_id']}: {rec['input_rows']} rows, "
-                  f"{rec['duration_ms']} ms", flush=True)
+                  f"{rec['duration_ms']} ms {rec['durations_ms']}", flush=True)
 
     run_stream(spark, target_from(settings),
                StreamOptions(mode="continuous", trigger_seconds=trigger_seconds, poll_seconds=0.5),
@@ -169,13 +169,17 @@ def main() -> None:
     parser.add_argument("--latency-rate", type=float, default=2_000)
     parser.add_argument("--latency-seconds", type=float, default=60)
     parser.add_argument("--trigger-seconds", type=float, default=1.0)
+    parser.add_argument("--scheduler-mode", choices=["FAIR", "FIFO"], default="FAIR")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args()
 
     base = Settings.from_env()
+    # FAIR: the small jobs of the aggregations query interleave with the events query's big
+    # ones instead of queueing behind them (lower event-to-aggregate latency).
     spark = build_spark_session(master=base.spark_master, app_name="bench_streaming",
-                                shuffle_partitions=2)
+                                shuffle_partitions=2,
+                                extra_conf={"spark.scheduler.mode": args.scheduler_mode})
     print(f"load average at start: {os.getloadavg()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_streaming_") as tmp:
         if not args.skip_throughput:

@@ -202,7 +202,10 @@ def stream(mode: str, max_offsets: int | None, trigger_seconds: float) -> None:
     settings = Settings.from_env()
     options = StreamOptions(mode=mode, max_offsets_per_trigger=max_offsets,
                             trigger_seconds=trigger_seconds)
-    spark = build_spark_session(master=settings.spark_master, app_name="journey_stream")
+    # FAIR scheduling: the aggregations query's small jobs do not queue behind the events
+    # query's large ones (latency of event_aggregations).
+    spark = build_spark_session(master=settings.spark_master, app_name="journey_stream",
+                                extra_conf={"spark.scheduler.mode": "FAIR"})
     click.echo(f"streaming {settings.topic} -> {settings.mongo_db} ({mode})", err=True)
     summary = run_stream(spark, target_from(settings), options,
                          on_progress=lambda _q, rec: click.echo(format_progress(rec)))

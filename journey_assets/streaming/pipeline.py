@@ -186,6 +186,7 @@ class StreamingPipeline:
             "input_rows_per_second": progress.get("inputRowsPerSecond"),
             "processed_rows_per_second": progress.get("processedRowsPerSecond"),
             "duration_ms": (progress.get("durationMs") or {}).get("triggerExecution"),
+            "durations_ms": dict(progress.get("durationMs") or {}),
             "start_offset": source.get("startOffset"),
             "end_offset": source.get("endOffset"),
             "watermark": (progress.get("eventTime") or {}).get("watermark"),
