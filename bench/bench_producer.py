@@ -33,29 +33,6 @@ def _timed(fn):
     return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def _patch_parse_time() -> None:
-    """The fast path proposed for schema.parse_time: strptime costs ~16 us per call and
-    dominates the producer's CPU; a strict regex + fromisoformat costs ~1 us and also rejects
-    unpadded times exactly like Spark does."""
-    import re
-    from datetime import UTC, datetime
-
-    from journey_assets import schema
-
-    canonical = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC")
-
-    def parse_time(text: str) -> datetime | None:
-        if not canonical.fullmatch(text):
-            return None
-        try:
-            return datetime.fromisoformat(text[:19]).replace(tzinfo=UTC)
-        except ValueError:
-            return None
-
-    schema.parse_time = parse_time
-    print("EXPERIMENT: schema.parse_time patched with the fast path")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=500_000)
@@ -63,12 +40,7 @@ def main() -> None:
                         help="kafka-python is ~10x slower: fewer events keep the run short")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--skip-kafka-python", action="store_true")
-    parser.add_argument("--fast-time-parse", action="store_true",
-                        help="EXPERIMENT: patch schema.parse_time with the proposed fast path "
-                             "(strict pattern + datetime.fromisoformat) to measure its effect")
     args = parser.parse_args()
-    if args.fast_time_parse:
-        _patch_parse_time()
     settings = Settings.from_env()
     print(f"load average before: {os.getloadavg()}; cpus: {os.cpu_count()}")
 
