@@ -10,6 +10,7 @@ import dagster as dg
 from pymongo import MongoClient, ReplaceOne
 from pymongo.collection import Collection
 from pymongo.database import Database
+from pymongo.errors import BulkWriteError
 
 from journey_assets.settings import DEFAULT_MONGO_DB, DEFAULT_MONGO_URI
 
@@ -17,6 +18,7 @@ DEFAULT_BATCH_SIZE = 2_000
 # FerretDB v1.24 (SQLite) stalls on one update command that matches more than ~100 existing
 # documents, and is 10-50x slower at upserts than at inserts: on FerretDB we write a batch as
 # "delete these _ids, insert these documents" instead. Both strategies are idempotent.
+_DUPLICATE_KEY = 11000
 REPLACE = "replace"
 DELETE_INSERT = "delete_insert"
 
@@ -61,12 +63,29 @@ def _flush(coll: Collection, batch: list[dict[str, Any]], strategy: str) -> int:
     # Within a batch the last version of an _id wins, as it would with sequential replaces.
     unique = list({doc["_id"]: doc for doc in batch}.values())
     if strategy == DELETE_INSERT:
-        coll.delete_many({"_id": {"$in": [doc["_id"] for doc in unique]}})
-        coll.insert_many(unique, ordered=False)
+        _insert_then_replace(coll, unique)
         return len(unique)
     ops = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in unique]
     result = coll.bulk_write(ops, ordered=False)
     return result.upserted_count + result.matched_count
+
+
+def _insert_then_replace(coll: Collection, docs: list[dict[str, Any]]) -> None:
+    """Insert all; only the _ids that already existed are deleted and inserted again.
+
+    On FerretDB a delete by an ``$in`` list scans the whole collection, so it is kept to the
+    documents that need it (replays, re-emitted aggregates); new documents cost one insert.
+    """
+    try:
+        coll.insert_many(docs, ordered=False)
+        return
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if any(err.get("code") != _DUPLICATE_KEY for err in errors):
+            raise
+        existing = [docs[err["index"]] for err in errors]
+    coll.delete_many({"_id": {"$in": [doc["_id"] for doc in existing]}})
+    coll.insert_many(existing, ordered=False)
 
 
 class MongoResource(dg.ConfigurableResource):
