@@ -16,8 +16,8 @@ from journey_assets.streaming.pipeline import (
     AVAILABLE_NOW,
     CONTINUOUS,
     StreamOptions,
-    StreamTarget,
     run_stream,
+    target_from_resources,
 )
 from journey_assets.streaming.progress import DagsterProgressReporter
 from journey_assets.streaming.sinks import (
@@ -66,17 +66,6 @@ class StreamRunConfig(dg.Config):
     materialize_every_s: float = 30.0
 
 
-def stream_target(kafka: KafkaResource, mongo: MongoResource, lake: LakeResource) -> StreamTarget:
-    return StreamTarget(
-        bootstrap=kafka.bootstrap_servers, topic=kafka.topic,
-        mongo_uri=mongo.uri, mongo_db=mongo.database,
-        events_path=lake.events_path,
-        product_path=lake.dimension_path("product_catalog"),
-        user_path=lake.dimension_path("user_dimension"),
-        checkpoint_root=str(lake.root / "checkpoints"),
-    )
-
-
 @dg.multi_asset(specs=STREAMING_SPECS, name=STREAMING_OP, can_subset=False)
 def streaming_pipeline(context: dg.AssetExecutionContext, config: StreamRunConfig,
                        kafka: KafkaResource, mongo: MongoResource, lake: LakeResource,
@@ -88,7 +77,7 @@ def streaming_pipeline(context: dg.AssetExecutionContext, config: StreamRunConfi
                             watermark=config.watermark, write_strategy=mongo.write_strategy)
     reporter = DagsterProgressReporter(context, config.materialize_every_s)
     context.log.info(f"streaming {kafka.topic} -> {mongo.database} ({config.mode})")
-    summary = run_stream(spark.get_session(), stream_target(kafka, mongo, lake), options,
+    summary = run_stream(spark.get_session(), target_from_resources(kafka, mongo, lake), options,
                          on_progress=reporter)
     # The run's own materializations close it: totals of this run per asset.
     sink_docs = summary.sinks.get("documents", {})

@@ -295,16 +295,22 @@ def run_stream(spark: SparkSession, target: StreamTarget, options: StreamOptions
     return totals
 
 
-def target_from(settings, lake=None) -> StreamTarget:
-    """The pipeline target from ``Settings`` (paths via the LakeResource layout)."""
-    from journey_assets.resources.lake import LakeResource
-
-    lake = lake or LakeResource(data_dir=str(settings.data_dir))
+def target_from_resources(kafka, mongo, lake) -> StreamTarget:
+    """The pipeline target from the Kafka, Mongo and lake resources (paths: the lake layout)."""
     return StreamTarget(
-        bootstrap=settings.kafka_bootstrap, topic=settings.topic,
-        mongo_uri=settings.mongo_uri, mongo_db=settings.mongo_db,
+        bootstrap=kafka.bootstrap_servers, topic=kafka.topic,
+        mongo_uri=mongo.uri, mongo_db=mongo.database,
         events_path=lake.events_path,
         product_path=lake.dimension_path("product_catalog"),
         user_path=lake.dimension_path("user_dimension"),
         checkpoint_root=str(lake.root / "checkpoints"),
     )
+
+
+def target_from(settings, lake=None) -> StreamTarget:
+    """The pipeline target from ``Settings`` (the same resources the Definitions build)."""
+    from journey_assets.resources import build_resources
+
+    resources = build_resources(settings)
+    return target_from_resources(resources["kafka"], resources["mongo"],
+                                 lake or resources["lake"])
