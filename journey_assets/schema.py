@@ -124,6 +124,8 @@ class Rejection:
 
 def as_text(value: Any) -> str | None:
     """The text a value has on the wire (None and blank mean absent)."""
+    if type(value) is str:  # the common case (CSV rows, decoded JSON strings): no conversion
+        return value if value and not value.isspace() else None
     if value is None:
         return None
     if isinstance(value, bool):
@@ -148,42 +150,71 @@ def format_time(ts: datetime) -> str:
     return ts.astimezone(UTC).strftime(TIME_FORMAT_PY)
 
 
+def record_texts(record: Mapping[str, Any]) -> list[str | None]:
+    """The nine fields of a raw record as wire text, in ``CSV_COLUMNS`` order."""
+    # Non-blank strings (nearly every value) are taken as they are without a call to as_text.
+    return [v if type(v) is str and v and not v.isspace() else as_text(v)
+            for v in map(record.get, CSV_COLUMNS)]
+
+
+def check_texts(texts: list[str | None]) -> tuple[str | None, tuple[datetime, int, int, float, int] | None]:
+    """The rules over the nine texts: ``(reason, None)`` or ``(None, (time, product_id,
+    category_id, price, user_id))``. Kept as one flat function: it runs once per event in the
+    producer, where its cost is the producer's throughput."""
+    t_time, t_type, t_product, t_category, _code, _brand, t_price, t_user, _session = texts
+    if t_time is None:
+        return missing(EVENT_TIME), None
+    if t_type is None:
+        return missing(EVENT_TYPE), None
+    if t_product is None:
+        return missing(PRODUCT_ID), None
+    if t_category is None:
+        return missing(CATEGORY_ID), None
+    if t_price is None:
+        return missing(PRICE), None
+    if t_user is None:
+        return missing(USER_ID), None
+    if t_type not in EVENT_TYPES:
+        return UNKNOWN_EVENT_TYPE, None
+    ts = parse_time(t_time)
+    if ts is None:
+        return UNPARSABLE_EVENT_TIME, None
+    ints = []
+    for name, value in ((PRODUCT_ID, t_product), (CATEGORY_ID, t_category), (USER_ID, t_user)):
+        if not _INTEGER_PY.match(value) or not _INT64_MIN <= (number := int(value)) <= _INT64_MAX:
+            return non_integer(name), None
+        ints.append(number)
+    if not _NUMBER_PY.match(t_price):
+        return NON_NUMERIC_PRICE, None
+    price = float(t_price)
+    if price < 0:
+        return NEGATIVE_PRICE, None
+    if not price < MAX_PRICE:
+        return PRICE_OUT_OF_RANGE, None
+    return None, (ts, ints[0], ints[1], price, ints[2])
+
+
 def validate_record(record: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
     """Check one raw record (CSV row or decoded JSON) against the rules.
 
     Returns ``(event, None)`` with typed values, or ``(None, reason)``. The same rules, in the
     same order, are ``validate_columns`` in Spark.
     """
-    text = {name: as_text(record.get(name)) for name in CSV_COLUMNS}
-    for name in REQUIRED_FIELDS:
-        if text[name] is None:
-            return None, missing(name)
-    if text[EVENT_TYPE] not in EVENT_TYPES:
-        return None, UNKNOWN_EVENT_TYPE
-    ts = parse_time(text[EVENT_TIME])  # type: ignore[arg-type]
-    if ts is None:
-        return None, UNPARSABLE_EVENT_TIME
-    for name in INTEGER_FIELDS:
-        value = text[name]
-        if not _INTEGER_PY.match(value) or not _INT64_MIN <= int(value) <= _INT64_MAX:  # type: ignore[arg-type]
-            return None, non_integer(name)
-    if not _NUMBER_PY.match(text[PRICE]):  # type: ignore[arg-type]
-        return None, NON_NUMERIC_PRICE
-    price = float(text[PRICE])  # type: ignore[arg-type]
-    if price < 0:
-        return None, NEGATIVE_PRICE
-    if not price < MAX_PRICE:
-        return None, PRICE_OUT_OF_RANGE
+    texts = record_texts(record)
+    reason, typed = check_texts(texts)
+    if typed is None:
+        return None, reason
+    ts, product_id, category_id, price, user_id = typed
     event = {
         EVENT_TIME: ts,
-        EVENT_TYPE: text[EVENT_TYPE],
-        PRODUCT_ID: int(text[PRODUCT_ID]),  # type: ignore[arg-type]
-        CATEGORY_ID: int(text[CATEGORY_ID]),  # type: ignore[arg-type]
-        CATEGORY_CODE: text[CATEGORY_CODE],
-        BRAND: text[BRAND],
+        EVENT_TYPE: texts[1],
+        PRODUCT_ID: product_id,
+        CATEGORY_ID: category_id,
+        CATEGORY_CODE: texts[4],
+        BRAND: texts[5],
         PRICE: price,
-        USER_ID: int(text[USER_ID]),  # type: ignore[arg-type]
-        USER_SESSION: text[USER_SESSION],
+        USER_ID: user_id,
+        USER_SESSION: texts[8],
     }
     return event, None
 
