@@ -192,7 +192,10 @@ def simulate(source: str, path: str | None, events: int | None, seed: int, rate:
               help="maxOffsetsPerTrigger: cap on records per micro-batch (all partitions).")
 @click.option("--trigger-seconds", type=float, default=2.0, show_default=True,
               help="Processing-time trigger interval (continuous mode).")
-def stream(mode: str, max_offsets: int | None, trigger_seconds: float) -> None:
+@click.option("--sessions-every", type=float, default=30.0, show_default=True,
+              help="Seconds between session/funnel refreshes from the lake (and at the end).")
+def stream(mode: str, max_offsets: int | None, trigger_seconds: float,
+           sessions_every: float) -> None:
     """Kafka -> Spark Structured Streaming -> MongoDB + lake (checkpoints under JOURNEY_DATA_DIR)."""
     from journey_assets.resources.spark import build_spark_session
     from journey_assets.settings import Settings
@@ -201,7 +204,7 @@ def stream(mode: str, max_offsets: int | None, trigger_seconds: float) -> None:
 
     settings = Settings.from_env()
     options = StreamOptions(mode=mode, max_offsets_per_trigger=max_offsets,
-                            trigger_seconds=trigger_seconds)
+                            trigger_seconds=trigger_seconds, sessions_every_seconds=sessions_every)
     # FAIR scheduling: the aggregations query's small jobs do not queue behind the events
     # query's large ones (latency of event_aggregations).
     spark = build_spark_session(master=settings.spark_master, app_name="journey_stream",

@@ -71,9 +71,9 @@ def test_lake_batch_rewrite_replaces_instead_of_appending(spark, tmp_path: Path)
     _records, events = _events_frame(spark, n=800, seed=5)
     path = str(tmp_path / "lake" / "enriched_events")
     first, second = events.randomSplit([0.5, 0.5], seed=1)
-    write_lake_batch(first, path, batch_id=0)
-    write_lake_batch(second, path, batch_id=1)
-    write_lake_batch(second, path, batch_id=1)  # a replayed batch 1 after a crash
+    write_lake_batch(first.toArrow(), path, batch_id=0)
+    write_lake_batch(second.toArrow(), path, batch_id=1)
+    write_lake_batch(second.toArrow(), path, batch_id=1)  # a replayed batch 1 after a crash
     stored = spark.read.parquet(path)
     assert stored.count() == events.count()
     assert read_event_lake(spark, path).count() == events.count()

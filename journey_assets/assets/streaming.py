@@ -63,6 +63,7 @@ class StreamRunConfig(dg.Config):
     trigger_seconds: float = 2.0
     max_offsets_per_trigger: int | None = None
     watermark: str = "10 minutes"
+    sessions_every_seconds: float = 30.0
     materialize_every_s: float = 30.0
 
 
@@ -74,7 +75,9 @@ def streaming_pipeline(context: dg.AssetExecutionContext, config: StreamRunConfi
     kafka.ensure_topic()
     options = StreamOptions(mode=config.mode, trigger_seconds=config.trigger_seconds,
                             max_offsets_per_trigger=config.max_offsets_per_trigger,
-                            watermark=config.watermark, write_strategy=mongo.write_strategy)
+                            watermark=config.watermark,
+                            sessions_every_seconds=config.sessions_every_seconds,
+                            write_strategy=mongo.write_strategy)
     reporter = DagsterProgressReporter(context, config.materialize_every_s)
     context.log.info(f"streaming {kafka.topic} -> {mongo.database} ({config.mode})")
     summary = run_stream(spark.get_session(), target_from_resources(kafka, mongo, lake), options,

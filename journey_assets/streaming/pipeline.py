@@ -1,7 +1,8 @@
 """The streaming pipeline: two queries over the topic, each with its own checkpoint.
 
-* ``events`` (stateless, foreachBatch): dead letters, enriched events (MongoDB + lake),
-  sessions and the daily funnel recomputed for what the batch touched.
+* ``events`` (stateless, foreachBatch): dead letters, enriched events (MongoDB + lake); every
+  ``sessions_every_seconds`` and at the end of a run, sessions and the daily funnel are
+  recomputed from the lake for the sessions written since the last refresh.
 * ``aggregations`` (stateful, update mode): 10-minute watermark on event_time, exact duplicates
   dropped within the watermark, 5-minute tumbling + 10/5-minute sliding window metrics.
 
@@ -22,7 +23,12 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
 from journey_assets.schema import EVENT_ID, EVENT_TIME
-from journey_assets.streaming.sinks import AggregationsSink, EventsSink, SinkStats
+from journey_assets.streaming.sinks import (
+    AggregationsSink,
+    EventsSink,
+    SessionRefresher,
+    SinkStats,
+)
 from journey_assets.transforms.events import parse_kafka_events, valid_events, with_event_keys
 from journey_assets.transforms.windows import aggregate_windows, explode_windows
 
@@ -33,6 +39,7 @@ CONTINUOUS = "continuous"
 MODES = (AVAILABLE_NOW, CONTINUOUS)
 EVENTS_QUERY = "events"
 AGGREGATIONS_QUERY = "aggregations"
+SESSIONS_STATE = "sessions"
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,9 @@ class StreamOptions:
     #: Only used when a query has no checkpoint yet; afterwards the checkpoint decides.
     starting_offsets: str = "earliest"
     session_horizon_days: int = 1
+    #: How often the events query refreshes sessions and the funnel (they read the lake, which
+    #: is too much work for every micro-batch); a run also refreshes when it ends.
+    sessions_every_seconds: float = 30.0
     write_strategy: str = "auto"
     poll_seconds: float = 1.0
 
@@ -130,6 +140,8 @@ class StreamingPipeline:
         self.sink_output: dict[tuple[str, int], dict[str, Any]] = {}
         self.queries: dict[str, StreamingQuery] = {}
         self._client: MongoClient | None = None
+        self._refresher: SessionRefresher | None = None
+        self._events_sink: EventsSink | None = None
         self._reported: dict[str, int] = {}
         self._input_rows: dict[str, int] = {}
         self._batches: dict[str, int] = {}
@@ -141,9 +153,13 @@ class StreamingPipeline:
         self._client = MongoClient(self.target.mongo_uri, tz_aware=True)
         db = self._client[self.target.mongo_db]
         source = kafka_source(self.spark, self.target, self.options)
-        events_sink = EventsSink(db, self.target.events_path, self.target.product_path,
-                                 self.target.user_path, self.options.session_horizon_days,
-                                 self.options.write_strategy, self.stats, self._record_sink)
+        self._refresher = SessionRefresher(
+            db, self.target.events_path, self.target.checkpoint(SESSIONS_STATE),
+            self.options.session_horizon_days, self.options.sessions_every_seconds,
+            self.options.write_strategy, self.stats)
+        events_sink = self._events_sink = EventsSink(
+            db, self.target.events_path, self.target.product_path, self.target.user_path,
+            self._refresher, self.options.write_strategy, self.stats, self._record_sink)
         aggregations_sink = AggregationsSink(db, self.options.write_strategy, self.stats,
                                              self._record_sink)
         events_writer = (
@@ -205,10 +221,21 @@ class StreamingPipeline:
     def active(self) -> bool:
         return any(q.isActive for q in self.queries.values())
 
-    def stop(self) -> None:
+    def refresh_sessions(self) -> dict[str, int]:
+        """The end-of-run refresh (call once the queries have stopped)."""
+        if self._refresher is None:
+            return {}
+        return self._refresher.refresh(self.spark)
+
+    def stop_queries(self) -> None:
         for query in self.queries.values():
             if query.isActive:
                 query.stop()
+
+    def stop(self) -> None:
+        self.stop_queries()
+        if self._events_sink is not None:
+            self._events_sink.close()
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -247,10 +274,14 @@ def _run_once(pipeline: StreamingPipeline, options: StreamOptions,
             if should_stop is not None and should_stop():
                 break
             time.sleep(options.poll_seconds)
+        pipeline.stop_queries()
         exc = pipeline.failure()
         if exc is not None:
             raise StreamFailure(f"streaming query failed: {exc}") from exc
         pipeline.report_progress()
+        written = pipeline.refresh_sessions()
+        if written:
+            logger.info("sessions refreshed at the end of the run: %s", written)
     finally:
         pipeline.stop()
 

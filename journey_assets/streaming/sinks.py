@@ -4,27 +4,33 @@
 * The Parquet lake: a micro-batch's files are named after its batch id and replace any files
   of an earlier attempt of the same batch (``write_lake_batch``), so a batch re-run after a
   crash neither loses nor doubles rows; ``read_event_lake`` still drops duplicate event_ids.
-* Sessions and the funnel are recomputed for the keys a batch touched from the lake (unique
-  events), so late or replayed events converge to the batch result instead of being counted
-  again.
+* Sessions and the funnel are recomputed from the lake (unique events) for the sessions in the
+  lake files written since the last refresh (``SessionRefresher``, every ``interval_s`` and at
+  the end of a run), so late or replayed events converge to the batch result instead of being
+  counted again, and the per-batch work stays small.
+* Within a batch, the MongoDB insert of the enriched events (FerretDB's CPU) overlaps with the
+  lake write (this process's CPU).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
-import shutil
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pymongo.database import Database
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import DateType, TimestampType
 
 from journey_assets.resources.mongo import upsert_documents
 from journey_assets.schema import EVENT_DATE, EVENT_ID, USER_SESSION
@@ -50,48 +56,59 @@ USER_SESSION_ANALYTICS = "user_session_analytics"
 CONVERSION_FUNNEL = "conversion_funnel"
 
 
+def arrow_documents(table: pa.Table) -> list[dict[str, Any]]:
+    """Arrow rows as BSON-ready dicts: dates as ISO text (BSON has no date type), timestamps
+    as UTC datetimes (BSON dates), nulls as None."""
+    for i, column in enumerate(table.schema):
+        if pa.types.is_date(column.type):
+            table = table.set_column(i, column.name, table.column(i).cast(pa.string()))
+    return table.to_pylist()
+
+
 def frame_documents(frame: DataFrame) -> list[dict[str, Any]]:
-    """A (small, per-batch) frame as BSON-ready dicts: dates as ISO text, nulls as None.
-
-    Arrow ``toPandas`` is ~5x faster than ``collect()`` for tens of thousands of rows.
-    """
-    date_cols = [f.name for f in frame.schema.fields if isinstance(f.dataType, DateType)]
-    for name in date_cols:
-        frame = frame.withColumn(name, F.date_format(F.col(name), "yyyy-MM-dd"))
-    ts_cols = [f.name for f in frame.schema.fields if isinstance(f.dataType, TimestampType)]
-    pdf = frame.toPandas()
-    if pdf.empty:
-        return []
-    out = pdf.astype(object).where(pd.notna(pdf), None)
-    for name in ts_cols:  # naive UTC datetimes (the session time zone is UTC): BSON dates
-        out[name] = [None if v is None else v.to_pydatetime() for v in out[name]]
-    return out.to_dict("records")
+    """A (small, per-batch) frame as BSON-ready dicts, through Arrow (one Spark job)."""
+    return arrow_documents(frame.toArrow())
 
 
-def write_lake_batch(enriched: DataFrame, events_path: str, batch_id: int) -> int:
-    """Write one micro-batch to the lake under event_date partitions, deterministically.
+_LAKE_FILE = re.compile(r"^stream-b(\d{12})-\d{4}\.parquet$")
 
-    Spark writes to a staging directory; the files are then moved to
-    ``event_date=D/stream-b<batch>-<n>.parquet`` after deleting any file a previous attempt of
-    the same batch left there. Local or mounted filesystems (os.replace is atomic per file).
+
+def write_lake_batch(table: pa.Table, events_path: str, batch_id: int) -> int:
+    """Write one micro-batch (an Arrow table with ``event_date``) to the lake, deterministically.
+
+    One file per event_date, ``event_date=D/stream-b<batch>-0000.parquet``, written under a
+    hidden temporary name and renamed (atomic per file on local or mounted filesystems), after
+    deleting any file an earlier attempt of the same batch left there: a batch re-run after a
+    crash neither loses nor doubles rows. Returns the number of files written.
     """
     root = Path(events_path)
-    staging = root.parent / "_staging" / f"{root.name}-b{batch_id}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    enriched.write.mode("overwrite").partitionBy(EVENT_DATE).parquet(str(staging))
     prefix = f"stream-b{batch_id:012d}-"
-    moved = 0
-    for part_dir in sorted(staging.glob(f"{EVENT_DATE}=*")):
-        target = root / part_dir.name
+    days = table.column(EVENT_DATE)
+    body = table.drop_columns([EVENT_DATE])  # the partition directory carries it
+    written = 0
+    for day in sorted(pc.unique(days).to_pylist()):
+        target = root / f"{EVENT_DATE}={day.isoformat()}"
         target.mkdir(parents=True, exist_ok=True)
         for stale in target.glob(f"{prefix}*"):
             stale.unlink()
-        for n, file in enumerate(sorted(part_dir.glob("*.parquet"))):
-            os.replace(file, target / f"{prefix}{n:04d}.parquet")
-            moved += 1
-    shutil.rmtree(staging, ignore_errors=True)
-    return moved
+        staging = target / f".{prefix}0000.parquet.tmp"  # leading dot: readers skip it
+        pq.write_table(body.filter(pc.equal(days, day)), staging)
+        os.replace(staging, target / f"{prefix}0000.parquet")
+        written += 1
+    return written
+
+
+def lake_batch_files(events_path: str, after_batch: int) -> dict[int, list[Path]]:
+    """Streaming lake files of batches after ``after_batch``, by batch id."""
+    found: dict[int, list[Path]] = defaultdict(list)
+    root = Path(events_path)
+    if not root.exists():
+        return {}
+    for file in root.glob(f"{EVENT_DATE}=*/stream-b*.parquet"):
+        match = _LAKE_FILE.match(file.name)
+        if match and int(match.group(1)) > after_batch:
+            found[int(match.group(1))].append(file)
+    return dict(found)
 
 
 class SinkStats:
@@ -116,30 +133,124 @@ class SinkStats:
         return {"seconds": dict(self.seconds), "documents": dict(self.documents)}
 
 
-def _read_dimension(spark: SparkSession, path: str) -> DataFrame | None:
-    # The dimension assets may not exist yet: enrich without them rather than fail.
-    p = Path(path)
-    if not p.exists() or not any(p.rglob("*.parquet")):
-        return None
-    return spark.read.parquet(path)
+class _Dimension:
+    """A dimension table read once and read again only when its files change (the dimension
+    assets rewrite them); until it exists, enrichment goes on without it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._signature: tuple | None = None
+        self._frame: DataFrame | None = None
+
+    def frame(self, spark: SparkSession) -> DataFrame | None:
+        root = Path(self.path)
+        files = sorted(root.rglob("*.parquet")) if root.exists() else []
+        signature = tuple((str(f), f.stat().st_mtime_ns) for f in files)
+        if signature != self._signature:
+            self._signature = signature
+            self._frame = spark.read.parquet(self.path) if files else None
+        return self._frame
+
+
+class SessionRefresher:
+    """Recompute ``user_session_analytics`` and ``conversion_funnel`` for the sessions in the
+    lake files written since the last refresh.
+
+    The last refreshed batch id is kept in ``state_dir`` and written only after the upserts, so
+    after a crash the next refresh covers the same files again (the upserts are idempotent).
+    A session lasts at most ``horizon_days`` (sessions end after a 30-minute pause), so a
+    session holding an event of day D started on D-h..D and all its events lie within
+    D-h..D+h: reading those lake partitions gives complete sessions.
+    """
+
+    def __init__(self, db: Database, events_path: str, state_dir: str, horizon_days: int = 1,
+                 interval_s: float = 30.0, write_strategy: str = "auto",
+                 stats: SinkStats | None = None) -> None:
+        self.db = db
+        self.events_path = events_path
+        self.state_file = Path(state_dir) / "refreshed.json"
+        self.horizon = horizon_days
+        self.interval_s = interval_s
+        self.strategy = write_strategy
+        self.stats = stats or SinkStats()
+        self._last_run = time.monotonic()
+
+    def due(self) -> bool:
+        return time.monotonic() - self._last_run >= self.interval_s
+
+    def _refreshed_batch(self) -> int:
+        if not self.state_file.exists():
+            return -1
+        return int(json.loads(self.state_file.read_text())["last_batch"])
+
+    def _mark(self, batch_id: int) -> None:
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        staging = self.state_file.with_suffix(".tmp")
+        staging.write_text(json.dumps({"last_batch": batch_id}))
+        os.replace(staging, self.state_file)
+
+    def refresh(self, spark: SparkSession) -> dict[str, int]:
+        """Refresh now; returns documents written per collection ({} if nothing was new)."""
+        self._last_run = time.monotonic()
+        pending = lake_batch_files(self.events_path, self._refreshed_batch())
+        if not pending:
+            return {}
+        start = time.perf_counter()
+        files = [str(f) for batch in pending.values() for f in batch]
+        dates = sorted({dt.date.fromisoformat(Path(f).parent.name.split("=", 1)[1])
+                        for f in files})
+        touched = (spark.read.parquet(*files).select(USER_SESSION)
+                   .where(F.col(USER_SESSION).isNotNull()).distinct())
+        sessions, funnel = self._recompute(spark, touched, dates)
+        self.stats.add_seconds("sessions_recompute", time.perf_counter() - start)
+        written = {
+            USER_SESSION_ANALYTICS: self.stats.timed_upsert(self.db, USER_SESSION_ANALYTICS,
+                                                            sessions, self.strategy),
+            CONVERSION_FUNNEL: self.stats.timed_upsert(self.db, CONVERSION_FUNNEL, funnel,
+                                                       self.strategy),
+        }
+        self._mark(max(pending))
+        return written
+
+    def _recompute(self, spark: SparkSession, touched: DataFrame, dates: list[dt.date],
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        first = min(dates) - dt.timedelta(days=self.horizon)
+        last = max(dates) + dt.timedelta(days=self.horizon)
+        history = read_event_lake(spark, self.events_path, first.isoformat(), last.isoformat())
+        sessions = session_metrics(history).persist()
+        try:
+            session_docs = frame_documents(session_documents(
+                sessions.join(F.broadcast(touched), USER_SESSION, "left_semi")))
+            days = sorted({(d - dt.timedelta(days=k)).isoformat()
+                           for d in dates for k in range(self.horizon + 1)})
+            funnel = conversion_funnel(sessions.where(F.col(SESSION_DATE).isin(days)))
+            funnel_docs = frame_documents(funnel_documents(funnel))
+        finally:
+            sessions.unpersist()
+        return session_docs, funnel_docs
 
 
 class EventsSink:
-    """foreachBatch of the ``events`` query: dead letters, enriched events, lake, sessions,
-    funnel - in that order, so the lake holds a batch before the recomputation reads it."""
+    """foreachBatch of the ``events`` query: dead letters, enriched events (MongoDB and the
+    lake, overlapped), then - when due - the session/funnel refresh, which reads the lake."""
 
     def __init__(self, db: Database, events_path: str, product_path: str, user_path: str,
-                 session_horizon_days: int = 1, write_strategy: str = "auto",
+                 refresher: SessionRefresher, write_strategy: str = "auto",
                  stats: SinkStats | None = None,
                  on_batch: Callable[[str, int, dict[str, Any]], None] | None = None) -> None:
         self.db = db
         self.events_path = events_path
-        self.product_path = product_path
-        self.user_path = user_path
-        self.horizon = session_horizon_days
+        self.products = _Dimension(product_path)
+        self.users = _Dimension(user_path)
+        self.refresher = refresher
         self.strategy = write_strategy
         self.stats = stats or SinkStats()
         self.on_batch = on_batch
+        # One writer thread: MongoDB inserts run there while this thread writes the lake.
+        self._mongo = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mongo-sink")
+
+    def close(self) -> None:
+        self._mongo.shutdown(wait=True)
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         spark = batch.sparkSession
@@ -148,6 +259,8 @@ class EventsSink:
             out = self._write(spark, batch, batch_id)
         finally:
             batch.unpersist()
+        if self.refresher.due():
+            out.update(self.refresher.refresh(spark))
         if self.on_batch is not None:
             self.on_batch("events", batch_id, out)
 
@@ -164,57 +277,26 @@ class EventsSink:
         out[DEAD_LETTER_EVENTS] = self.stats.timed_upsert(self.db, DEAD_LETTER_EVENTS, dead,
                                                           self.strategy)
 
-        products = _read_dimension(spark, self.product_path)
-        users = _read_dimension(spark, self.user_path)
         # Exact duplicates within the batch collapse here; across batches the event_id _id
-        # (Mongo) and the lake's dedup-on-read make a repeat a no-op.
-        enriched = (enrich_events(valid_events(batch), products, users)
-                    .dropDuplicates([EVENT_ID]).persist())
-        try:
-            dates = [r[0] for r in enriched.select(EVENT_DATE).distinct().collect()]
-            if not dates:
-                out[ENRICHED_EVENTS] = 0
-                return out
-            start = time.perf_counter()
-            write_lake_batch(enriched, self.events_path, batch_id)
-            self.stats.add_seconds("lake", time.perf_counter() - start)
-            docs = frame_documents(enriched.withColumn("_id", F.col(EVENT_ID)))
-            out[ENRICHED_EVENTS] = self.stats.timed_upsert(self.db, ENRICHED_EVENTS, docs,
-                                                           self.strategy)
-            start = time.perf_counter()
-            sessions, funnel = self._recompute_sessions(spark, enriched, dates)
-            self.stats.add_seconds("sessions_recompute", time.perf_counter() - start)
-            out[USER_SESSION_ANALYTICS] = self.stats.timed_upsert(
-                self.db, USER_SESSION_ANALYTICS, sessions, self.strategy)
-            out[CONVERSION_FUNNEL] = self.stats.timed_upsert(
-                self.db, CONVERSION_FUNNEL, funnel, self.strategy)
-        finally:
-            enriched.unpersist()
+        # (Mongo) and the lake's dedup-on-read make a repeat a no-op. One Spark job: the rest
+        # works on the Arrow table.
+        enriched = (enrich_events(valid_events(batch), self.products.frame(spark),
+                                  self.users.frame(spark))
+                    .dropDuplicates([EVENT_ID]).toArrow())
+        if enriched.num_rows == 0:
+            out[ENRICHED_EVENTS] = 0
+            return out
+        with_ids = enriched.append_column("_id", enriched.column(EVENT_ID))
+        inserted = self._mongo.submit(
+            lambda: self.stats.timed_upsert(self.db, ENRICHED_EVENTS,
+                                            arrow_documents(with_ids), self.strategy))
+        start = time.perf_counter()
+        write_lake_batch(enriched, self.events_path, batch_id)
+        self.stats.add_seconds("lake", time.perf_counter() - start)
+        start = time.perf_counter()
+        out[ENRICHED_EVENTS] = inserted.result()
+        self.stats.add_seconds("mongo_wait", time.perf_counter() - start)
         return out
-
-    def _recompute_sessions(self, spark: SparkSession, enriched: DataFrame, dates: list[dt.date],
-                            ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Sessions touched by the batch and funnel days they can affect, from the lake.
-
-        A session lasts at most ``horizon`` days (sessions end after a 30-minute pause), so a
-        session holding an event of day D started on D-h..D and all its events lie within
-        D-h..D+h: reading those lake partitions gives complete sessions.
-        """
-        first = min(dates) - dt.timedelta(days=self.horizon)
-        last = max(dates) + dt.timedelta(days=self.horizon)
-        history = read_event_lake(spark, self.events_path, first.isoformat(), last.isoformat())
-        sessions = session_metrics(history).persist()
-        try:
-            touched = enriched.select(USER_SESSION).where(F.col(USER_SESSION).isNotNull()).distinct()
-            session_docs = frame_documents(session_documents(
-                sessions.join(F.broadcast(touched), USER_SESSION, "left_semi")))
-            days = sorted({(d - dt.timedelta(days=k)).isoformat()
-                           for d in dates for k in range(self.horizon + 1)})
-            funnel = conversion_funnel(sessions.where(F.col(SESSION_DATE).isin(days)))
-            funnel_docs = frame_documents(funnel_documents(funnel))
-        finally:
-            sessions.unpersist()
-        return session_docs, funnel_docs
 
 
 def _source_dict(source_json: str | None) -> dict[str, Any] | None:
