@@ -4,10 +4,15 @@ user features computed by DuckDB on the same lake in the same run.
     .local/venv/bin/python bench/bench_batch.py --events 1000000 4000000
 
 Per size: generate a synthetic CSV, load it into the Parquet lake (parse, validate, enrich,
-dedupe: reported, not counted), then time with Spark (local[2]):
-  features  build_user_features for as_of, written to Parquet (the feature store snapshot)
-  segments  fit_segments (k in a range, silhouette) + assign every user
-  churn     two labelled snapshots, RandomForest fit, evaluation, scoring of as_of
+dedupe: reported, not counted; ``--keep --reuse --workdir DIR`` skips it on later runs), then
+time with Spark (local[2]), doing what the assets do with the assets' default configuration:
+  features  build_user_features for as_of over the raw lake window, written to Parquet (the
+            feature store snapshot)
+  segments  fit_segments (k in a range, silhouette, on a user sample) + assign every user
+  churn     train_test_snapshots (one feature build + labels; the test snapshot is as_of's
+            feature-store snapshot), RandomForest fit, evaluation, scoring of as_of
+Each phase prints wall seconds, the JVM's CPU seconds, its peak RSS and the 1-minute load
+average at its end (the machine is shared: load above 2 means the figures are pessimistic).
 and with DuckDB: the same user features (SQL over the same lake, dedupe by event_id), checked
 against Spark's (user count, sums). MongoDB writes are not included: they belong to the sink,
 whose speed differs by orders of magnitude between FerretDB and MongoDB.
@@ -30,19 +35,23 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+from journey_assets.assets.batch import ChurnConfig, FeatureConfig, SegmentConfig
 from journey_assets.ml import churn as churn_ml
 from journey_assets.ml import segments as segment_ml
-from journey_assets.resources.spark import build_spark_session
+from journey_assets.resources.spark import SparkResource, build_spark_session
 from journey_assets.schema import RAW_SCHEMA
 from journey_assets.sources.synthetic import SyntheticConfig, generate_records, write_csv
 from journey_assets.transforms.events import (
     enrich_events,
     parse_text_events,
-    read_event_lake,
     valid_events,
     write_event_lake,
 )
-from journey_assets.transforms.features import build_user_features, window_bounds
+from journey_assets.transforms.features import (
+    build_user_features,
+    read_lake_window,
+    window_bounds,
+)
 
 # -- memory -------------------------------------------------------------------------------
 
@@ -103,14 +112,34 @@ def python_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def jvm_cpu_seconds() -> float:
+    """User + system CPU seconds of the Spark JVM(s) so far (/proc/<pid>/stat)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in jvm_pids():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+    return total / ticks
+
+
 def timed(label: str, fn: Callable[[], Any], results: dict[str, Any]) -> Any:
+    """Wall seconds, JVM CPU seconds, JVM peak RSS and the 1-minute load average at the end
+    (the machine is shared: CPU seconds / wall > 2 cannot happen, load > 2 means contention)."""
     reset_jvm_peak()
+    cpu0 = jvm_cpu_seconds()
     start = time.perf_counter()
     value = fn()
     seconds = time.perf_counter() - start
-    results[label] = {"seconds": seconds, "jvm_peak_mb": jvm_peak_mb()}
+    cpu = jvm_cpu_seconds() - cpu0
+    load = os.getloadavg()[0]
+    results[label] = {"seconds": seconds, "jvm_peak_mb": jvm_peak_mb(), "jvm_cpu_s": cpu,
+                      "load1": load}
     jvm = results[label]["jvm_peak_mb"]
-    print(f"  {label:<18} {seconds:8.1f} s   JVM peak {jvm or float('nan'):7.0f} MB", flush=True)
+    print(f"  {label:<18} {seconds:8.1f} s   JVM cpu {cpu:7.1f} s   JVM peak "
+          f"{jvm or float('nan'):7.0f} MB   load {load:5.2f}", flush=True)
     return value
 
 
@@ -169,14 +198,19 @@ def run(n_events: int, args: argparse.Namespace, spark, workdir: Path) -> dict[s
     csv_path = workdir / f"events_{n_events}.csv"
     lake = str(workdir / f"lake_{n_events}")
     config = SyntheticConfig(n_events=n_events, seed=args.seed, days=args.days)
-    timed("generate_csv", lambda: write_csv(generate_records(config), csv_path), results)
+    if args.reuse and (Path(lake) / "_SUCCESS").exists():
+        # Same seed and size -> same lake: skip the (uncounted) generation and load.
+        print(f"  reusing the lake {lake}", flush=True)
+    else:
+        timed("generate_csv", lambda: write_csv(generate_records(config), csv_path), results)
 
-    def load() -> None:
-        raw = spark.read.csv(str(csv_path), header=True, schema=RAW_SCHEMA)
-        enriched = enrich_events(valid_events(parse_text_events(raw))).dropDuplicates(["event_id"])
-        write_event_lake(enriched, lake)
+        def load() -> None:
+            raw = spark.read.csv(str(csv_path), header=True, schema=RAW_SCHEMA)
+            enriched = enrich_events(valid_events(parse_text_events(raw))) \
+                .dropDuplicates(["event_id"])
+            write_event_lake(enriched, lake)
 
-    timed("load_lake", load, results)
+        timed("load_lake", load, results)
     first = date.fromisoformat(config.start)
     last = first + timedelta(days=args.days - 1)
     as_of = (last - timedelta(days=args.horizon)).isoformat()
@@ -184,8 +218,9 @@ def run(n_events: int, args: argparse.Namespace, spark, workdir: Path) -> dict[s
     features_dir = str(workdir / f"features_{n_events}")
 
     def features() -> int:
+        # As the user_feature_engineering asset: raw window, deduplicated inside the build.
         start, end = window_bounds(as_of, args.lookback)
-        events = read_event_lake(spark, lake, start.isoformat(), end.isoformat())
+        events = read_lake_window(spark, lake, start, end)
         build_user_features(events, as_of, args.lookback).write.mode("overwrite") \
             .parquet(features_dir)
         return spark.read.parquet(features_dir).count()
@@ -194,29 +229,40 @@ def run(n_events: int, args: argparse.Namespace, spark, workdir: Path) -> dict[s
     snapshot = spark.read.parquet(features_dir)
 
     def segments() -> int:
-        result = segment_ml.fit_segments(snapshot, range(args.k_min, args.k_max + 1),
+        features = snapshot.cache()  # as the customer_segments asset does
+        d = SegmentConfig()
+        result = segment_ml.fit_segments(features, range(args.k_min, args.k_max + 1),
+                                         use_pca=d.use_pca, pca_k=d.pca_k, seed=d.seed,
+                                         max_iter=args.max_iter,
                                          max_fit_users=args.max_fit_users)
-        counts = segment_ml.assign_segments(result.model, snapshot).groupBy("segment").count()
+        counts = segment_ml.assign_segments(result.model, features).groupBy("segment").count()
         print(f"    k={result.k} silhouettes "
               f"{ {k: round(v, 3) for k, v in result.silhouettes.items()} } "
               f"names {result.names}", flush=True)
-        return counts.count()
+        n = counts.count()
+        features.unpersist()
+        return n
 
     timed("spark_segments", segments, results)
 
     def churn() -> dict[str, Any]:
+        # What the churn_predictions asset does (journey_assets/assets/batch.py).
         plan = churn_ml.plan_snapshots(as_of, args.horizon, first, last)
-
-        def labelled(day: date):
-            start, _ = window_bounds(day, args.lookback)
-            events = read_event_lake(spark, lake, start.isoformat(),
-                                     (day + timedelta(days=args.horizon)).isoformat())
-            return churn_ml.labelled_snapshot(events, day, args.lookback, args.horizon).cache()
-
-        train, test = labelled(plan.train_as_of), labelled(plan.test_as_of)
-        model = churn_ml.fit_churn_model(train, args.num_trees, args.max_depth)
+        t0 = time.perf_counter()
+        train, test = churn_ml.train_test_snapshots(spark.read.parquet(lake), plan,
+                                                    args.lookback, snapshot)
+        print(f"    snapshots: train {train.count():,} test {test.count():,} users "
+              f"{time.perf_counter() - t0:.1f} s", flush=True)
+        t0 = time.perf_counter()
+        model = churn_ml.fit_churn_model(train, args.num_trees, args.max_depth, ChurnConfig().seed,
+                                         args.max_train_users)
+        print(f"    fit {time.perf_counter() - t0:.1f} s", flush=True)
+        t0 = time.perf_counter()
         metrics = churn_ml.evaluate(model, test)
+        print(f"    evaluate {time.perf_counter() - t0:.1f} s", flush=True)
+        t0 = time.perf_counter()
         scored = churn_ml.score(model, snapshot).where("churn_prediction = 1").count()
+        print(f"    score {time.perf_counter() - t0:.1f} s", flush=True)
         train.unpersist()
         test.unpersist()
         print(f"    train {plan.train_as_of} test {plan.test_as_of}: AUC-ROC "
@@ -250,24 +296,34 @@ def run(n_events: int, args: argparse.Namespace, spark, workdir: Path) -> dict[s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    churn_defaults, segment_defaults, spark_defaults = ChurnConfig(), SegmentConfig(), \
+        SparkResource()
     parser.add_argument("--events", type=int, nargs="+", default=[1_000_000, 4_000_000])
     parser.add_argument("--days", type=int, default=45)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--lookback", type=int, default=30)
-    parser.add_argument("--horizon", type=int, default=14)
-    parser.add_argument("--k-min", type=int, default=3)
-    parser.add_argument("--k-max", type=int, default=6)
-    parser.add_argument("--max-fit-users", type=int, default=200_000)
-    parser.add_argument("--num-trees", type=int, default=100)
-    parser.add_argument("--max-depth", type=int, default=10)
-    parser.add_argument("--driver-memory", default="6g")
+    # Defaults are the assets' own (Dagster config classes, SparkResource): the bench measures
+    # what a materialization does.
+    parser.add_argument("--lookback", type=int, default=FeatureConfig().lookback_days)
+    parser.add_argument("--horizon", type=int, default=churn_defaults.horizon_days)
+    parser.add_argument("--k-min", type=int, default=segment_defaults.k_min)
+    parser.add_argument("--k-max", type=int, default=segment_defaults.k_max)
+    parser.add_argument("--max-iter", type=int, default=segment_defaults.max_iter)
+    parser.add_argument("--max-fit-users", type=int, default=segment_defaults.max_fit_users)
+    parser.add_argument("--num-trees", type=int, default=churn_defaults.num_trees)
+    parser.add_argument("--max-depth", type=int, default=churn_defaults.max_depth)
+    parser.add_argument("--max-train-users", type=int, default=churn_defaults.max_train_users)
+    parser.add_argument("--shuffle-partitions", type=int, default=spark_defaults.shuffle_partitions)
+    parser.add_argument("--driver-memory", default=spark_defaults.driver_memory)
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--keep", action="store_true", help="keep the generated CSV and lake")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse the lake of a previous --keep run in --workdir")
     args = parser.parse_args()
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_batch_"))
     workdir.mkdir(parents=True, exist_ok=True)
-    spark = build_spark_session(app_name="bench_batch", shuffle_partitions=8,
+    spark = build_spark_session(app_name="bench_batch", master=spark_defaults.master,
+                                shuffle_partitions=args.shuffle_partitions,
                                 driver_memory=args.driver_memory)
     summary = []
     try:

@@ -12,15 +12,23 @@ from datetime import date, timedelta
 import numpy as np
 import pandas as pd
 import pytest
+from pyspark.sql import functions as F
 
 from journey_assets.schema import RAW_SCHEMA, event_id, validate_record
 from journey_assets.sources.synthetic import SyntheticConfig, generate_records
-from journey_assets.transforms.events import enrich_events, parse_text_events, valid_events
+from journey_assets.transforms.events import (
+    enrich_events,
+    parse_text_events,
+    valid_events,
+    write_event_lake,
+)
 from journey_assets.transforms.features import (
     EVENT_COUNT_COLUMNS,
     FEATURE_COLUMNS,
     build_user_features,
+    read_lake_window,
     user_funnel,
+    window_bounds,
 )
 
 INT_FEATURES = ("recency_days", "frequency", "views", "carts", "remove_from_cart", "purchases",
@@ -173,3 +181,19 @@ def test_features_equal_pandas_on_synthetic(synthetic, as_of, lookback):
     assert funnel["users"] == len(expected)
     assert funnel["users_with_cart"] == int((expected["carts"] > 0).sum())
     assert funnel["users_with_purchase"] == int((expected["purchases"] > 0).sum())
+
+
+def test_features_dedupe_a_raw_lake_window(synthetic, spark, tmp_path):
+    """The feature assets read the lake without ``read_event_lake``'s dedupe
+    (``read_lake_window``): ``build_user_features`` must drop duplicate event_ids itself, as
+    when a replayed micro-batch appended the same events twice."""
+    events, reference = synthetic
+    lake = str(tmp_path / "lake")
+    write_event_lake(events, lake)
+    write_event_lake(events.sample(fraction=0.3, seed=1), lake)  # replayed: duplicates
+    as_of, lookback = date(2019, 10, 20), 30
+    start, end = window_bounds(as_of, lookback)
+    raw = read_lake_window(spark, lake, start, end)
+    assert raw.count() > events.where(F.col("event_date") <= F.lit(end)).count()
+    actual = build_user_features(raw, as_of, lookback).toPandas()
+    assert_features_equal(actual, pandas_user_features(reference, as_of, lookback))

@@ -33,6 +33,7 @@ from journey_assets.transforms.features import (
     FEATURE_COLUMNS,
     LOOKBACK_DAYS,
     build_user_features,
+    read_lake_window,
     to_date,
     user_funnel,
     window_bounds,
@@ -67,13 +68,16 @@ class SegmentConfig(dg.Config):
     max_iter: int = 30
     seed: int = 42
     #: Fit and choose k on a sample of at most this many users, then score everyone.
-    max_fit_users: int = 200_000
+    max_fit_users: int = segment_ml.DEFAULT_MAX_FIT_USERS
 
 
 class ChurnConfig(dg.Config):
     horizon_days: int = churn_ml.DEFAULT_HORIZON_DAYS
-    num_trees: int = 100
-    max_depth: int = 10
+    num_trees: int = churn_ml.DEFAULT_NUM_TREES
+    max_depth: int = churn_ml.DEFAULT_MAX_DEPTH
+    #: Fit the forest on a seeded sample of at most this many users (evaluation and scoring
+    #: stay on every user).
+    max_train_users: int = churn_ml.DEFAULT_MAX_TRAIN_USERS
     threshold: float = 0.5
     seed: int = 42
 
@@ -145,7 +149,8 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
         as_of = context.partition_key
         session = spark.get_session()
         start, end = window_bounds(as_of, config.lookback_days)
-        events = read_event_lake(session, lake.events_path, start.isoformat(), end.isoformat())
+        # Duplicates kept: build_user_features drops them in its own (user-partitioned) shuffle.
+        events = read_lake_window(session, lake.events_path, start, end)
         path = features_path(lake, as_of)
         build_user_features(events, as_of, config.lookback_days) \
             .write.mode("overwrite").parquet(path)
@@ -230,19 +235,12 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
         lookback = int(predict_features.select(LOOKBACK_DAYS).first()[0])
         first, last = lake_span(session, lake)
         plan = churn_ml.plan_snapshots(as_of, config.horizon_days, first, last)
-
-        def labelled(snapshot_as_of) -> DataFrame:
-            start, _ = window_bounds(snapshot_as_of, lookback)
-            end = snapshot_as_of + timedelta(days=config.horizon_days)
-            events = read_event_lake(session, lake.events_path, start.isoformat(),
-                                     end.isoformat())
-            return churn_ml.labelled_snapshot(events, snapshot_as_of, lookback,
-                                              config.horizon_days).cache()
-
-        train, test = labelled(plan.train_as_of), labelled(plan.test_as_of)
+        # The whole lake: every read in there is partition-pruned to the window it needs.
+        train, test = churn_ml.train_test_snapshots(
+            session.read.parquet(lake.events_path), plan, lookback, predict_features)
         try:
             model = churn_ml.fit_churn_model(train, config.num_trees, config.max_depth,
-                                             config.seed)
+                                             config.seed, config.max_train_users)
             metrics = churn_ml.evaluate(model, test, config.threshold)
             train_users, train_churn_rate = train.agg(F.count(F.lit(1)),
                                                       F.avg(churn_ml.LABEL)).first()
@@ -297,6 +295,7 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
                 "lookback_days": lookback,
                 "num_trees": config.num_trees,
                 "max_depth": config.max_depth,
+                "max_train_users": config.max_train_users,
                 "feature_importances": dg.MetadataValue.md(markdown_table(
                     ["feature", "importance"], list(importances.items()))),
                 "model_version": model_version,

@@ -32,6 +32,12 @@ LABEL = "churned"
 CHURN_PROBABILITY = "churn_probability"
 CHURN_PREDICTION = "churn_prediction"
 DEFAULT_HORIZON_DAYS = 14
+#: Forest size: at 1M events (39k training users) 100 trees of depth 10 took 40 s to fit and
+#: 30-40 trees of depth 8 about 10 s, at the same test AUC-ROC (0.855 vs 0.853-0.856).
+DEFAULT_NUM_TREES = 40
+DEFAULT_MAX_DEPTH = 8
+#: Fit on a seeded sample of at most this many users (all of them below it).
+DEFAULT_MAX_TRAIN_USERS = 100_000
 
 
 @dataclass(frozen=True)
@@ -82,11 +88,11 @@ def churn_labels(events: DataFrame, as_of: str | date, horizon_days: int) -> Dat
     )
 
 
-def labelled_snapshot(events: DataFrame, as_of: str | date, lookback_days: int,
-                      horizon_days: int) -> DataFrame:
-    """Features of as_of for users active in its lookback, with ``churned`` = 1.0 when they
-    make no purchase in the following horizon."""
-    features = build_user_features(events, as_of, lookback_days)
+def with_churn_label(features: DataFrame, events: DataFrame, as_of: str | date,
+                     horizon_days: int) -> DataFrame:
+    """``features`` (a snapshot of as_of) with ``churned`` = 1.0 for users who make no
+    purchase in the following horizon. ``events`` may hold duplicates: only the distinct
+    purchasers count."""
     labels = churn_labels(events, as_of, horizon_days)
     return (
         features.join(labels, USER_ID, "left")
@@ -95,14 +101,52 @@ def labelled_snapshot(events: DataFrame, as_of: str | date, lookback_days: int,
     )
 
 
-def fit_churn_model(train: DataFrame, num_trees: int = 100, max_depth: int = 10,
-                    seed: int = 42) -> PipelineModel:
-    """VectorAssembler + RandomForestClassifier on ``FEATURE_COLUMNS`` -> ``churned``."""
+def labelled_snapshot(events: DataFrame, as_of: str | date, lookback_days: int,
+                      horizon_days: int) -> DataFrame:
+    """Features of as_of for users active in its lookback, with ``churned`` = 1.0 when they
+    make no purchase in the following horizon."""
+    features = build_user_features(events, as_of, lookback_days)
+    return with_churn_label(features, events, as_of, horizon_days)
+
+
+def train_test_snapshots(events: DataFrame, plan: SnapshotPlan, lookback_days: int,
+                         predict_features: DataFrame | None = None
+                         ) -> tuple[DataFrame, DataFrame]:
+    """The labelled train and test snapshots of ``plan``, cached (the caller unpersists).
+
+    ``events``: the whole lake (``spark.read.parquet``; every read below is partition-pruned
+    and ``build_user_features`` drops duplicates itself). When the test snapshot is the
+    prediction day (the usual case: as_of's label window is complete), its features are
+    ``predict_features`` (the feature-store snapshot, already built) and only labels are
+    added: one feature build instead of two.
+    """
+    horizon = plan.horizon_days
+    train = labelled_snapshot(events, plan.train_as_of, lookback_days, horizon)
+    if predict_features is not None and plan.test_as_of == plan.predict_as_of:
+        test = with_churn_label(predict_features, events, plan.test_as_of, horizon)
+    else:
+        test = labelled_snapshot(events, plan.test_as_of, lookback_days, horizon)
+    return train.cache(), test.cache()
+
+
+def fit_churn_model(train: DataFrame, num_trees: int = DEFAULT_NUM_TREES,
+                    max_depth: int = DEFAULT_MAX_DEPTH, seed: int = 42,
+                    max_train_users: int | None = DEFAULT_MAX_TRAIN_USERS) -> PipelineModel:
+    """VectorAssembler + RandomForestClassifier on ``FEATURE_COLUMNS`` -> ``churned``.
+
+    With ``max_train_users`` the forest is fitted on a seeded random sample of about that many
+    users (the forest's cost grows with rows x trees x depth; the AUC does not need more).
+    """
+    fit_on = train
+    if max_train_users is not None:
+        total = train.count()
+        if total > max_train_users:
+            fit_on = train.sample(fraction=max_train_users / total, seed=seed)
     assembler = VectorAssembler(inputCols=list(FEATURE_COLUMNS), outputCol="features",
                                 handleInvalid="keep")
     forest = RandomForestClassifier(labelCol=LABEL, featuresCol="features", numTrees=num_trees,
                                     maxDepth=max_depth, seed=seed)
-    return Pipeline(stages=[assembler, forest]).fit(train)
+    return Pipeline(stages=[assembler, forest]).fit(fit_on)
 
 
 def score(model: PipelineModel, features: DataFrame, threshold: float = 0.5) -> DataFrame:
