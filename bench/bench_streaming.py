@@ -154,6 +154,10 @@ def latency(base: Settings, spark, data_dir: Path, rate: float, seconds: float,
     run_stream(spark, target_from(settings),
                StreamOptions(mode="continuous", trigger_seconds=trigger_seconds, poll_seconds=0.5),
                on_progress=on_progress, should_stop=stop.is_set)
+    db = MongoClient(settings.mongo_uri)[settings.mongo_db]
+    counted = sum(d["event_count"] for d in db.event_aggregations.find({"window_type": "tumbling_5m"}))
+    print(f"  sent {sum(len(v) for v in sent_at.values()):,} valid events; tumbling windows "
+          f"count {counted:,} at the end; enriched_events {db.enriched_events.count_documents({}):,}")
     latencies = []
     missing = 0
     for group, times in sent_at.items():

@@ -34,7 +34,7 @@ def test_windows_and_sessions_equal_plain_python(spark) -> None:
 
     exploded = explode_windows(events)
     assert exploded.count() == 3 * len(truth.events)  # 1 tumbling + 2 sliding per event
-    rows = aggregate_windows(exploded, exact_unique_users=True).collect()
+    rows = aggregate_windows(exploded).collect()
     got = {(r.window_type, int(r.window_start.timestamp()), r.event_type, r.category_l1): r
            for r in rows}
     assert set(got) == set(truth.aggregations)

@@ -46,46 +46,58 @@ def upsert_documents(
     chosen = write_strategy_for(db, strategy)
     coll = db[collection]
     written = 0
+    existing: list[dict[str, Any]] = []  # delete_insert: documents whose _id was taken
     batch: list[dict[str, Any]] = []
     for doc in documents:
         if "_id" not in doc:
             raise ValueError(f"document for {collection!r} has no deterministic _id: {doc!r}")
         batch.append(dict(doc))
         if len(batch) >= batch_size:
-            written += _flush(coll, batch, chosen)
+            written += _flush(coll, batch, chosen, existing)
             batch = []
     if batch:
-        written += _flush(coll, batch, chosen)
+        written += _flush(coll, batch, chosen, existing)
+    if existing:
+        _replace_existing(coll, existing)
     return written
 
 
-def _flush(coll: Collection, batch: list[dict[str, Any]], strategy: str) -> int:
+def _flush(coll: Collection, batch: list[dict[str, Any]], strategy: str,
+           existing: list[dict[str, Any]]) -> int:
     # Within a batch the last version of an _id wins, as it would with sequential replaces.
     unique = list({doc["_id"]: doc for doc in batch}.values())
     if strategy == DELETE_INSERT:
-        _insert_then_replace(coll, unique)
+        existing.extend(_insert_new(coll, unique))
         return len(unique)
     ops = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in unique]
     result = coll.bulk_write(ops, ordered=False)
     return result.upserted_count + result.matched_count
 
 
-def _insert_then_replace(coll: Collection, docs: list[dict[str, Any]]) -> None:
-    """Insert all; only the _ids that already existed are deleted and inserted again.
-
-    On FerretDB a delete by an ``$in`` list scans the whole collection, so it is kept to the
-    documents that need it (replays, re-emitted aggregates); new documents cost one insert.
-    """
+def _insert_new(coll: Collection, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Insert all; return the documents whose ``_id`` already existed (not written yet)."""
     try:
         coll.insert_many(docs, ordered=False)
-        return
+        return []
     except BulkWriteError as exc:
         errors = exc.details.get("writeErrors", [])
         if any(err.get("code") != _DUPLICATE_KEY for err in errors):
             raise
-        existing = [docs[err["index"]] for err in errors]
-    coll.delete_many({"_id": {"$in": [doc["_id"] for doc in existing]}})
-    coll.insert_many(existing, ordered=False)
+        return [docs[err["index"]] for err in errors]
+
+
+def _replace_existing(coll: Collection, docs: list[dict[str, Any]]) -> None:
+    """Delete the earlier versions, insert the new ones: ONE delete for the whole call.
+
+    FerretDB answers any delete (by ``$in``, or one ``_id``) with a scan of the whole
+    collection, so the cost is per delete command, nearly whatever the number of ids: the
+    documents of all chunks are collected and replaced together. If a later chunk repeats an
+    _id of an earlier one, the later version wins, as with sequential replaces.
+    """
+    latest = list({doc["_id"]: doc for doc in docs}.values())
+    coll.delete_many({"_id": {"$in": [doc["_id"] for doc in latest]}})
+    for start in range(0, len(latest), DEFAULT_BATCH_SIZE):
+        coll.insert_many(latest[start:start + DEFAULT_BATCH_SIZE], ordered=False)
 
 
 class MongoResource(dg.ConfigurableResource):

@@ -45,7 +45,12 @@ SESSIONS_STATE = "sessions"
 @dataclass(frozen=True)
 class StreamOptions:
     mode: str = AVAILABLE_NOW
+    #: Processing-time trigger of the aggregations query (continuous mode): the latency knob.
     trigger_seconds: float = 2.0
+    #: Trigger of the events query (continuous mode; None: max(trigger_seconds, 5)). It writes
+    #: the history, where a few seconds matter less than the cost per event: fewer, larger
+    #: batches leave the cores to the aggregations query between them.
+    events_trigger_seconds: float | None = None
     #: Cap per micro-batch (all partitions together); None = everything available.
     max_offsets_per_trigger: int | None = None
     watermark: str = "10 minutes"
@@ -120,10 +125,10 @@ def windowed_aggregates(kafka_rows: DataFrame, watermark: str) -> DataFrame:
     return aggregate_windows(explode_windows(events))
 
 
-def _trigger(writer, options: StreamOptions):
+def _trigger(writer, options: StreamOptions, seconds: float):
     if options.mode == AVAILABLE_NOW:
         return writer.trigger(availableNow=True)
-    return writer.trigger(processingTime=f"{options.trigger_seconds} seconds")
+    return writer.trigger(processingTime=f"{seconds} seconds")
 
 
 class StreamingPipeline:
@@ -173,8 +178,17 @@ class StreamingPipeline:
             .option("checkpointLocation", self.target.checkpoint(AGGREGATIONS_QUERY))
             .foreachBatch(aggregations_sink)
         )
-        self.queries[EVENTS_QUERY] = _trigger(events_writer, self.options).start()
-        self.queries[AGGREGATIONS_QUERY] = _trigger(aggregations_writer, self.options).start()
+        events_seconds = self.options.events_trigger_seconds or max(self.options.trigger_seconds, 5.0)
+        # One scheduler pool per query (used when spark.scheduler.mode=FAIR): the small jobs of
+        # the aggregations query get their share of the cores instead of queueing behind the
+        # events query's jobs. A query's thread inherits the pool set when it starts.
+        context = self.spark.sparkContext
+        context.setLocalProperty("spark.scheduler.pool", EVENTS_QUERY)
+        self.queries[EVENTS_QUERY] = _trigger(events_writer, self.options, events_seconds).start()
+        context.setLocalProperty("spark.scheduler.pool", AGGREGATIONS_QUERY)
+        self.queries[AGGREGATIONS_QUERY] = _trigger(aggregations_writer, self.options,
+                                                    self.options.trigger_seconds).start()
+        context.setLocalProperty("spark.scheduler.pool", None)  # type: ignore[arg-type]
 
     def report_progress(self) -> None:
         """Hand every micro-batch not reported yet to ``on_progress`` (once each)."""

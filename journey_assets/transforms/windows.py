@@ -21,11 +21,6 @@ WINDOW_TYPE = "window_type"
 WINDOW_START = "window_start"
 WINDOW_END = "window_end"
 GROUP_KEYS = (WINDOW_TYPE, WINDOW_START, WINDOW_END, EVENT_TYPE, CATEGORY_L1)
-#: Relative standard deviation of the HyperLogLog++ unique-user estimate; exact below a few
-#: hundred users per group (linear counting), ~1% above.
-UNIQUE_USERS_RSD = 0.01
-
-
 _SLIDE = "5 minutes"
 _SLIDING_LENGTH = "10 minutes"
 #: The internal sliding-window struct; it carries the watermark so Spark can evict state.
@@ -54,18 +49,18 @@ def explode_windows(events: DataFrame) -> DataFrame:
     )
 
 
-def aggregate_windows(windowed: DataFrame, exact_unique_users: bool = False) -> DataFrame:
+def aggregate_windows(windowed: DataFrame) -> DataFrame:
     """Metrics per window x event_type x category_l1 (revenue = sum of purchase prices).
 
-    Streams use the HyperLogLog estimate (count-distinct is not a streaming aggregate);
-    ``exact_unique_users`` is for static frames.
+    ``unique_users`` is exact: the size of the group's set of user ids. Count-distinct is not
+    a streaming aggregate, but ``collect_set`` is, and its state (8 bytes a user, evicted with
+    the window) is smaller than a HyperLogLog++ sketch precise enough for the 2% contract
+    (13 KB a group at rsd 0.01, which made each streaming trigger ~3x slower).
     """
-    users = (F.countDistinct(USER_ID) if exact_unique_users
-             else F.approx_count_distinct(USER_ID, UNIQUE_USERS_RSD))
     purchase_price = F.when(F.col(EVENT_TYPE) == "purchase", F.col(PRICE)).otherwise(F.lit(0.0))
     return windowed.groupBy(SLIDING_WINDOW, *GROUP_KEYS).agg(
         F.count(F.lit(1)).alias("event_count"),
-        users.alias("unique_users"),
+        F.size(F.collect_set(USER_ID)).alias("unique_users"),
         F.sum(purchase_price).alias("revenue"),
         F.avg(F.col(PRICE)).alias("avg_price"),
         F.min(F.col(PRICE)).alias("min_price"),
