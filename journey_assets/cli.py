@@ -192,10 +192,11 @@ def simulate(source: str, path: str | None, events: int | None, seed: int, rate:
               help="maxOffsetsPerTrigger: cap on records per micro-batch (all partitions).")
 @click.option("--trigger-seconds", type=float, default=2.0, show_default=True,
               help="Processing-time trigger interval (continuous mode).")
-@click.option("--sessions-every", type=float, default=30.0, show_default=True,
-              help="Seconds between session/funnel refreshes from the lake (and at the end).")
+@click.option("--sessions-every", type=float, default=None,
+              help="Seconds between session/funnel refreshes from the lake (and at the end); "
+                   "default 30 continuous, 300 available-now.")
 def stream(mode: str, max_offsets: int | None, trigger_seconds: float,
-           sessions_every: float) -> None:
+           sessions_every: float | None) -> None:
     """Kafka -> Spark Structured Streaming -> MongoDB + lake (checkpoints under JOURNEY_DATA_DIR)."""
     from journey_assets.resources.spark import build_spark_session
     from journey_assets.settings import Settings

@@ -58,8 +58,16 @@ class StreamOptions:
     starting_offsets: str = "earliest"
     session_horizon_days: int = 1
     #: How often the events query refreshes sessions and the funnel (they read the lake, which
-    #: is too much work for every micro-batch); a run also refreshes when it ends.
-    sessions_every_seconds: float = 30.0
+    #: is too much work for every micro-batch); a run also refreshes when it ends. None: 30 s
+    #: in continuous mode, 300 s in available-now (a catch-up wants throughput; its end-of-run
+    #: refresh covers everything anyway).
+    sessions_every_seconds: float | None = None
+
+    @property
+    def sessions_interval(self) -> float:
+        if self.sessions_every_seconds is not None:
+            return self.sessions_every_seconds
+        return 30.0 if self.mode == CONTINUOUS else 300.0
     write_strategy: str = "auto"
     poll_seconds: float = 1.0
 
@@ -160,7 +168,7 @@ class StreamingPipeline:
         source = kafka_source(self.spark, self.target, self.options)
         self._refresher = SessionRefresher(
             db, self.target.events_path, self.target.checkpoint(SESSIONS_STATE),
-            self.options.session_horizon_days, self.options.sessions_every_seconds,
+            self.options.session_horizon_days, self.options.sessions_interval,
             self.options.write_strategy, self.stats)
         events_sink = self._events_sink = EventsSink(
             db, self.target.events_path, self.target.product_path, self.target.user_path,
