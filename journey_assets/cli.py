@@ -195,8 +195,12 @@ def simulate(source: str, path: str | None, events: int | None, seed: int, rate:
 @click.option("--sessions-every", type=float, default=None,
               help="Seconds between session/funnel refreshes from the lake (and at the end); "
                    "default 30 continuous, 300 available-now.")
+@click.option("--shuffle-partitions", type=int, default=2, show_default=True,
+              help="Spark shuffle partitions = state store partitions of the aggregation "
+                   "(fixed by the checkpoint at the first start). On local[2], 1 gives the "
+                   "lowest latency, 2 the highest throughput.")
 def stream(mode: str, max_offsets: int | None, trigger_seconds: float,
-           sessions_every: float | None) -> None:
+           sessions_every: float | None, shuffle_partitions: int) -> None:
     """Kafka -> Spark Structured Streaming -> MongoDB + lake (checkpoints under JOURNEY_DATA_DIR)."""
     from journey_assets.resources.spark import build_spark_session
     from journey_assets.settings import Settings
@@ -209,6 +213,7 @@ def stream(mode: str, max_offsets: int | None, trigger_seconds: float,
     # FAIR scheduling: the aggregations query's small jobs do not queue behind the events
     # query's large ones (latency of event_aggregations).
     spark = build_spark_session(master=settings.spark_master, app_name="journey_stream",
+                                shuffle_partitions=shuffle_partitions,
                                 extra_conf={"spark.scheduler.mode": "FAIR"})
     click.echo(f"streaming {settings.topic} -> {settings.mongo_db} ({mode})", err=True)
     summary = run_stream(spark, target_from(settings), options,
