@@ -187,16 +187,9 @@ class StreamingPipeline:
             .foreachBatch(aggregations_sink)
         )
         events_seconds = self.options.events_trigger_seconds or max(self.options.trigger_seconds, 5.0)
-        # One scheduler pool per query (used when spark.scheduler.mode=FAIR): the small jobs of
-        # the aggregations query get their share of the cores instead of queueing behind the
-        # events query's jobs. A query's thread inherits the pool set when it starts.
-        context = self.spark.sparkContext
-        context.setLocalProperty("spark.scheduler.pool", EVENTS_QUERY)
         self.queries[EVENTS_QUERY] = _trigger(events_writer, self.options, events_seconds).start()
-        context.setLocalProperty("spark.scheduler.pool", AGGREGATIONS_QUERY)
         self.queries[AGGREGATIONS_QUERY] = _trigger(aggregations_writer, self.options,
                                                     self.options.trigger_seconds).start()
-        context.setLocalProperty("spark.scheduler.pool", None)  # type: ignore[arg-type]
 
     def report_progress(self) -> None:
         """Hand every micro-batch not reported yet to ``on_progress`` (once each)."""
