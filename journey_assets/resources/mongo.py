@@ -58,7 +58,7 @@ def upsert_documents(
     if batch:
         written += _flush(coll, batch, chosen, existing)
     if existing:
-        _replace_existing(coll, existing)
+        _replace_existing(coll, existing, batch_size)
     return written
 
 
@@ -86,7 +86,7 @@ def _insert_new(coll: Collection, docs: list[dict[str, Any]]) -> list[dict[str, 
         return [docs[err["index"]] for err in errors]
 
 
-def _replace_existing(coll: Collection, docs: list[dict[str, Any]]) -> None:
+def _replace_existing(coll: Collection, docs: list[dict[str, Any]], batch_size: int) -> None:
     """Delete the earlier versions, insert the new ones: ONE delete for the whole call.
 
     FerretDB answers any delete (by ``$in``, or one ``_id``) with a scan of the whole
@@ -96,8 +96,8 @@ def _replace_existing(coll: Collection, docs: list[dict[str, Any]]) -> None:
     """
     latest = list({doc["_id"]: doc for doc in docs}.values())
     coll.delete_many({"_id": {"$in": [doc["_id"] for doc in latest]}})
-    for start in range(0, len(latest), DEFAULT_BATCH_SIZE):
-        coll.insert_many(latest[start:start + DEFAULT_BATCH_SIZE], ordered=False)
+    for start in range(0, len(latest), batch_size):
+        coll.insert_many(latest[start:start + batch_size], ordered=False)
 
 
 class MongoResource(dg.ConfigurableResource):

@@ -62,18 +62,22 @@ class StreamOptions:
     #: in continuous mode, 300 s in available-now (a catch-up wants throughput; its end-of-run
     #: refresh covers everything anyway).
     sessions_every_seconds: float | None = None
-
-    @property
-    def sessions_interval(self) -> float:
-        if self.sessions_every_seconds is not None:
-            return self.sessions_every_seconds
-        return 30.0 if self.mode == CONTINUOUS else 300.0
     write_strategy: str = "auto"
     poll_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
+
+    @property
+    def sessions_interval(self) -> float:
+        if self.sessions_every_seconds is not None:
+            return self.sessions_every_seconds
+        return 30.0 if self.mode == CONTINUOUS else 300.0
+
+    @property
+    def events_trigger(self) -> float:
+        return self.events_trigger_seconds or max(self.trigger_seconds, 5.0)
 
 
 @dataclass(frozen=True)
@@ -186,8 +190,8 @@ class StreamingPipeline:
             .option("checkpointLocation", self.target.checkpoint(AGGREGATIONS_QUERY))
             .foreachBatch(aggregations_sink)
         )
-        events_seconds = self.options.events_trigger_seconds or max(self.options.trigger_seconds, 5.0)
-        self.queries[EVENTS_QUERY] = _trigger(events_writer, self.options, events_seconds).start()
+        self.queries[EVENTS_QUERY] = _trigger(events_writer, self.options,
+                                              self.options.events_trigger).start()
         self.queries[AGGREGATIONS_QUERY] = _trigger(aggregations_writer, self.options,
                                                     self.options.trigger_seconds).start()
 
