@@ -7,6 +7,7 @@ and touches no network.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -133,25 +134,37 @@ def spark_connector_jars(home: Path | None = None) -> list[Path]:
     return sorted(j for j in folder.glob("*.jar") if _jar_artifact(j) not in shipped)
 
 
+def _source_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(folder.glob("*")):
+        if file.is_file() and (file.suffix == ".go" or file.name in ("go.mod", "go.sum")):
+            digest.update(file.name.encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
+
+
 def go_binary(name: str, module: str, home: Path | None = None, cwd: Path | None = None) -> Path:
     """Build a Go program with ``go install`` into ``.local/bin`` (once).
 
     ``module`` is ``path@version`` from the Go module proxy, or ``.`` with ``cwd`` set to a
-    main package of this project.
+    main package of this project; such a binary is rebuilt when its sources change (a digest
+    of them is kept beside it).
     """
     home = home or project_home()
     binary = home / "bin" / name
-    if binary.exists():
+    stamp = binary.with_name(f".{name}.source-sha256")
+    digest = _source_digest(cwd or Path.cwd()) if module == "." else module
+    if binary.exists() and (module != "." or (stamp.exists() and stamp.read_text() == digest)):
         return binary
     go = require_tool("go", f"to build {name} from the Go module proxy")
     binary.parent.mkdir(parents=True, exist_ok=True)
-    print(f"building {name} with go install (first run only)...", flush=True)
+    print(f"building {name} with go install...", flush=True)
     env = {**os.environ, "GOBIN": str(binary.parent), "GOFLAGS": "-buildvcs=false"}
     proc = subprocess.run([go, "install", module], env=env, capture_output=True, text=True,
                           cwd=cwd)
     if proc.returncode != 0 or not binary.exists():
         tail = "\n".join(proc.stderr.splitlines()[-15:])
         raise StackError(f"go install {module} failed:\n{tail}")
+    stamp.write_text(digest)
     return binary
 
 
