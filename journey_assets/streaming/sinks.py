@@ -35,10 +35,11 @@ from pyspark.sql import functions as F
 from journey_assets.resources.mongo import upsert_documents
 from journey_assets.schema import EVENT_DATE, EVENT_ID, USER_SESSION
 from journey_assets.transforms.events import (
-    dead_letters,
-    enrich_events,
+    DEAD_LETTER_COLUMNS,
+    REASON,
+    SOURCE,
     read_event_lake,
-    valid_events,
+    triage_events,
 )
 from journey_assets.transforms.sessions import (
     SESSION_DATE,
@@ -252,36 +253,30 @@ class EventsSink:
         self._mongo.shutdown(wait=True)
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
-        spark = batch.sparkSession
-        batch = batch.persist()
-        try:
-            out = self._write(spark, batch, batch_id)
-        finally:
-            batch.unpersist()
+        out = self._write(batch.sparkSession, batch, batch_id)
         if self.refresher.due():
-            out.update(self.refresher.refresh(spark))
+            out.update(self.refresher.refresh(batch.sparkSession))
         if self.on_batch is not None:
             self.on_batch("events", batch_id, out)
 
     def _write(self, spark: SparkSession, batch: DataFrame, batch_id: int) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        # A payload that is not UTF-8 is kept with U+FFFD for the bad bytes (BSON text must be
-        # valid UTF-8, and so must Arrow's).
-        dead = frame_documents(
-            dead_letters(batch)
-            .withColumn("raw", F.make_valid_utf8(F.col("raw")))
-            .withColumn("source", F.to_json(F.col("source"))))
+        # One Spark job (one read of the Kafka offsets, one parse) for both outputs; the rest
+        # works on the Arrow table in this process.
+        table = triage_events(batch, self.products.frame(spark), self.users.frame(spark)).toArrow()
+        rejected = pc.is_valid(table.column(REASON))
+        dead = arrow_documents(
+            table.filter(rejected).select(list(DEAD_LETTER_COLUMNS))
+            .rename_columns(["_id", *DEAD_LETTER_COLUMNS[1:]]))
         for doc in dead:  # source as a sub-document {topic, partition, offset}
-            doc["source"] = _source_dict(doc["source"])
-        out[DEAD_LETTER_EVENTS] = self.stats.timed_upsert(self.db, DEAD_LETTER_EVENTS, dead,
-                                                          self.strategy)
+            doc[SOURCE] = _source_dict(doc[SOURCE])
+        out: dict[str, Any] = {
+            DEAD_LETTER_EVENTS: self.stats.timed_upsert(self.db, DEAD_LETTER_EVENTS, dead,
+                                                        self.strategy)}
 
         # Exact duplicates within the batch collapse here; across batches the event_id _id
-        # (Mongo) and the lake's dedup-on-read make a repeat a no-op. One Spark job: the rest
-        # works on the Arrow table.
-        enriched = (enrich_events(valid_events(batch), self.products.frame(spark),
-                                  self.users.frame(spark))
-                    .dropDuplicates([EVENT_ID]).toArrow())
+        # (Mongo) and the lake's dedup-on-read make a repeat a no-op.
+        enriched = first_per_key(
+            table.filter(pc.invert(rejected)).drop_columns(list(DEAD_LETTER_COLUMNS)), EVENT_ID)
         if enriched.num_rows == 0:
             out[ENRICHED_EVENTS] = 0
             return out
@@ -298,9 +293,18 @@ class EventsSink:
         return out
 
 
-def _source_dict(source_json: str | None) -> dict[str, Any] | None:
-    import json
+def first_per_key(table: pa.Table, key: str) -> pa.Table:
+    """The first row of each distinct ``key``, in table order (an Arrow drop-duplicates)."""
+    if table.num_rows == 0:
+        return table
+    position = "_position"
+    numbered = table.append_column(position, pa.array(range(table.num_rows), pa.int64()))
+    first = numbered.group_by(key, use_threads=False).aggregate([(position, "min")])
+    positions = first.column(f"{position}_min")
+    return table.take(pc.take(positions, pc.sort_indices(positions)))
 
+
+def _source_dict(source_json: str | None) -> dict[str, Any] | None:
     return None if source_json is None else json.loads(source_json)
 
 

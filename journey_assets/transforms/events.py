@@ -93,13 +93,46 @@ def valid_events(parsed: DataFrame) -> DataFrame:
     return parsed.where(F.col(REASON).isNull()).select(*CSV_COLUMNS)
 
 
+def dead_letter_id_col() -> Column:
+    """Deterministic dead-letter ``_id``: the hash of the record's source position."""
+    return F.sha2(F.to_json(F.col(SOURCE)), 256)
+
+
 def dead_letters(parsed: DataFrame) -> DataFrame:
     """Rejected records as ``dead_letter_events`` rows (``_id`` from their source position)."""
-    source_key = F.to_json(F.col(SOURCE))
     return parsed.where(F.col(REASON).isNotNull()).select(
-        F.sha2(source_key, 256).alias("_id"),
+        dead_letter_id_col().alias("_id"),
         F.col(RAW), F.col(REASON), F.col(RECEIVED_AT), F.col(SOURCE),
     )
+
+
+#: Column of ``triage_events`` holding the dead-letter ``_id`` (null for valid records).
+DEAD_LETTER_ID = "dead_letter_id"
+#: Columns of ``triage_events`` that belong to the dead letters only.
+DEAD_LETTER_COLUMNS = (DEAD_LETTER_ID, REASON, RAW, SOURCE, RECEIVED_AT)
+
+
+def triage_events(parsed: DataFrame, products: DataFrame | None = None,
+                  users: DataFrame | None = None) -> DataFrame:
+    """Both outputs of a parsed batch in one frame, so one pass (one Spark job) yields them.
+
+    Every row carries the enriched-event columns of ``enrich_events`` (meaningful where
+    ``reason`` is null) and the dead-letter columns ``DEAD_LETTER_COLUMNS`` (set only where
+    ``reason`` is set: the raw payload of a valid record is not shipped). Split by ``reason``;
+    ``valid_events`` + ``enrich_events`` and ``dead_letters`` give the same rows separately.
+    The typed fields of a rejected record are nulled first, so no derivation (ANSI casts in
+    the event id, say) ever sees an out-of-range value.
+    """
+    rejected = F.col(REASON).isNotNull()
+    marked = parsed.select(
+        *(F.when(~rejected, F.col(name)).alias(name) for name in CSV_COLUMNS), F.col(REASON),
+        F.when(rejected, dead_letter_id_col()).alias(DEAD_LETTER_ID),
+        # BSON and Arrow text must be valid UTF-8: bad bytes of a payload become U+FFFD.
+        F.when(rejected, F.make_valid_utf8(F.col(RAW))).alias(RAW),
+        F.when(rejected, F.to_json(F.col(SOURCE))).alias(SOURCE),
+        F.when(rejected, F.col(RECEIVED_AT)).alias(RECEIVED_AT),
+    )
+    return enrich_events(marked, products, users)
 
 
 def with_event_keys(events: DataFrame) -> DataFrame:
