@@ -210,11 +210,8 @@ def stream(mode: str, max_offsets: int | None, trigger_seconds: float,
     settings = Settings.from_env()
     options = StreamOptions(mode=mode, max_offsets_per_trigger=max_offsets,
                             trigger_seconds=trigger_seconds, sessions_every_seconds=sessions_every)
-    # FAIR scheduling: the aggregations query's small jobs do not queue behind the events
-    # query's large ones (latency of event_aggregations).
     spark = build_spark_session(master=settings.spark_master, app_name="journey_stream",
-                                shuffle_partitions=shuffle_partitions,
-                                extra_conf={"spark.scheduler.mode": "FAIR"})
+                                shuffle_partitions=shuffle_partitions)
     click.echo(f"streaming {settings.topic} -> {settings.mongo_db} ({mode})", err=True)
     summary = run_stream(spark, target_from(settings), options,
                          on_progress=lambda _q, rec: click.echo(format_progress(rec)))

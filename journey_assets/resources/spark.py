@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import dagster as dg
 from pyspark.sql import SparkSession
+
+#: FAIR scheduler pools; the streaming sinks pick theirs with ``scheduler_pool``.
+FAIR_SCHEDULER_FILE = Path(__file__).with_name("fair_scheduler.xml")
 
 
 def build_spark_session(
@@ -35,6 +39,8 @@ def build_spark_session(
         .config("spark.sql.adaptive.coalescePartitions.enabled", "true")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.scheduler.mode", "FAIR")
+        .config("spark.scheduler.allocation.file", str(FAIR_SCHEDULER_FILE))
         .config("spark.sql.streaming.stateStore.providerClass",
                 "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider")
     )
@@ -57,3 +63,12 @@ class SparkResource(dg.ConfigurableResource):
     def get_session(self) -> SparkSession:
         return build_spark_session(self.master, self.app_name, self.shuffle_partitions,
                                    self.driver_memory, self.conf)
+
+
+def scheduler_pool(spark: SparkSession, pool: str | None) -> None:
+    """Run the jobs this thread submits from now on in FAIR pool ``pool`` (None: default).
+
+    Local properties belong to the JVM thread: a foreachBatch function runs on a callback
+    thread, not on the query's thread, so it sets its pool itself on every call.
+    """
+    spark.sparkContext.setLocalProperty("spark.scheduler.pool", pool)

@@ -29,8 +29,17 @@ from journey_assets.streaming.sinks import (
     SessionRefresher,
     SinkStats,
 )
-from journey_assets.transforms.events import parse_kafka_events, valid_events, with_event_keys
-from journey_assets.transforms.windows import aggregate_windows, explode_windows
+from journey_assets.transforms.events import (
+    parse_kafka_events,
+    triage_events,
+    valid_events,
+    with_event_keys,
+)
+from journey_assets.transforms.windows import (
+    aggregate_windows,
+    aggregation_documents,
+    explode_windows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -180,12 +189,13 @@ class StreamingPipeline:
         aggregations_sink = AggregationsSink(db, self.options.write_strategy, self.stats,
                                              self._record_sink)
         events_writer = (
-            parse_kafka_events(source).writeStream.queryName(f"{EVENTS_QUERY}")
+            triage_events(parse_kafka_events(source)).writeStream.queryName(f"{EVENTS_QUERY}")
             .option("checkpointLocation", self.target.checkpoint(EVENTS_QUERY))
             .foreachBatch(events_sink)
         )
         aggregations_writer = (
-            windowed_aggregates(source, self.options.watermark).writeStream
+            aggregation_documents(windowed_aggregates(source, self.options.watermark))
+            .writeStream
             .queryName(AGGREGATIONS_QUERY).outputMode("update")
             .option("checkpointLocation", self.target.checkpoint(AGGREGATIONS_QUERY))
             .foreachBatch(aggregations_sink)

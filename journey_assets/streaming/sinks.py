@@ -33,13 +33,14 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from journey_assets.resources.mongo import upsert_documents
+from journey_assets.resources.spark import scheduler_pool
 from journey_assets.schema import EVENT_DATE, EVENT_ID, USER_SESSION
 from journey_assets.transforms.events import (
     DEAD_LETTER_COLUMNS,
     REASON,
     SOURCE,
+    join_dimensions,
     read_event_lake,
-    triage_events,
 )
 from journey_assets.transforms.sessions import (
     SESSION_DATE,
@@ -48,13 +49,15 @@ from journey_assets.transforms.sessions import (
     session_documents,
     session_metrics,
 )
-from journey_assets.transforms.windows import aggregation_documents
 
 ENRICHED_EVENTS = "enriched_events"
 DEAD_LETTER_EVENTS = "dead_letter_events"
 EVENT_AGGREGATIONS = "event_aggregations"
 USER_SESSION_ANALYTICS = "user_session_analytics"
 CONVERSION_FUNNEL = "conversion_funnel"
+#: FAIR pools (resources/fair_scheduler.xml): latency-bound aggregations before bulk events.
+AGGREGATIONS_POOL = "aggregations"
+EVENTS_POOL = "events"
 
 
 def arrow_documents(table: pa.Table) -> list[dict[str, Any]]:
@@ -231,8 +234,9 @@ class SessionRefresher:
 
 
 class EventsSink:
-    """foreachBatch of the ``events`` query: dead letters, enriched events (MongoDB and the
-    lake, overlapped), then - when due - the session/funnel refresh, which reads the lake."""
+    """foreachBatch of the ``events`` query (rows of ``triage_events``): dead letters, enriched
+    events (MongoDB and the lake, overlapped), then - when due - the session/funnel refresh,
+    which reads the lake."""
 
     def __init__(self, db: Database, events_path: str, product_path: str, user_path: str,
                  refresher: SessionRefresher, write_strategy: str = "auto",
@@ -253,6 +257,7 @@ class EventsSink:
         self._mongo.shutdown(wait=True)
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        scheduler_pool(batch.sparkSession, EVENTS_POOL)
         out = self._write(batch.sparkSession, batch, batch_id)
         if self.refresher.due():
             out.update(self.refresher.refresh(batch.sparkSession))
@@ -260,9 +265,11 @@ class EventsSink:
             self.on_batch("events", batch_id, out)
 
     def _write(self, spark: SparkSession, batch: DataFrame, batch_id: int) -> dict[str, Any]:
-        # One Spark job (one read of the Kafka offsets, one parse) for both outputs; the rest
-        # works on the Arrow table in this process.
-        table = triage_events(batch, self.products.frame(spark), self.users.frame(spark)).toArrow()
+        # The batch is triaged already (``triage_events`` in the query: its expression tree is
+        # built once, not per micro-batch over py4j). One Spark job (one read of the Kafka
+        # offsets, one parse) for both outputs; the rest works on the Arrow table here.
+        table = join_dimensions(batch, self.products.frame(spark),
+                                self.users.frame(spark)).toArrow()
         rejected = pc.is_valid(table.column(REASON))
         dead = arrow_documents(
             table.filter(rejected).select(list(DEAD_LETTER_COLUMNS))
@@ -309,7 +316,8 @@ def _source_dict(source_json: str | None) -> dict[str, Any] | None:
 
 
 class AggregationsSink:
-    """foreachBatch of the ``aggregations`` query (update mode): upsert the changed groups.
+    """foreachBatch of the ``aggregations`` query (update mode, rows of
+    ``aggregation_documents``): upsert the changed groups.
 
     Update mode re-emits a group with its full current value whenever it changes, so an
     upsert by the deterministic _id leaves the latest (final, once the watermark passes) value.
@@ -324,7 +332,8 @@ class AggregationsSink:
         self.on_batch = on_batch
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
-        docs = frame_documents(aggregation_documents(batch))
+        scheduler_pool(batch.sparkSession, AGGREGATIONS_POOL)
+        docs = frame_documents(batch)  # shaped as documents in the query already
         written = self.stats.timed_upsert(self.db, EVENT_AGGREGATIONS, docs, self.strategy)
         if self.on_batch is not None:
             self.on_batch("aggregations", batch_id, {EVENT_AGGREGATIONS: written})

@@ -112,16 +112,15 @@ DEAD_LETTER_ID = "dead_letter_id"
 DEAD_LETTER_COLUMNS = (DEAD_LETTER_ID, REASON, RAW, SOURCE, RECEIVED_AT)
 
 
-def triage_events(parsed: DataFrame, products: DataFrame | None = None,
-                  users: DataFrame | None = None) -> DataFrame:
+def triage_events(parsed: DataFrame) -> DataFrame:
     """Both outputs of a parsed batch in one frame, so one pass (one Spark job) yields them.
 
-    Every row carries the enriched-event columns of ``enrich_events`` (meaningful where
-    ``reason`` is null) and the dead-letter columns ``DEAD_LETTER_COLUMNS`` (set only where
-    ``reason`` is set: the raw payload of a valid record is not shipped). Split by ``reason``;
-    ``valid_events`` + ``enrich_events`` and ``dead_letters`` give the same rows separately.
-    The typed fields of a rejected record are nulled first, so no derivation (ANSI casts in
-    the event id, say) ever sees an out-of-range value.
+    Every row carries the nine typed fields with the keys of ``with_event_keys`` (meaningful
+    where ``reason`` is null) and the dead-letter columns ``DEAD_LETTER_COLUMNS`` (set only
+    where ``reason`` is set: the raw payload of a valid record is not shipped). Split by
+    ``reason``; ``valid_events`` + ``with_event_keys`` and ``dead_letters`` give the same rows
+    separately. The typed fields of a rejected record are nulled first, so no derivation (ANSI
+    casts in the event id, say) ever sees an out-of-range value.
     """
     rejected = F.col(REASON).isNotNull()
     marked = parsed.select(
@@ -132,7 +131,7 @@ def triage_events(parsed: DataFrame, products: DataFrame | None = None,
         F.when(rejected, F.to_json(F.col(SOURCE))).alias(SOURCE),
         F.when(rejected, F.col(RECEIVED_AT)).alias(RECEIVED_AT),
     )
-    return enrich_events(marked, products, users)
+    return with_event_keys(marked)
 
 
 def with_event_keys(events: DataFrame) -> DataFrame:
@@ -159,21 +158,26 @@ def _dimension_columns(dim: DataFrame, key: str, fields: dict[str, str]) -> Data
     return dim.select(F.col(key), *(F.col(src).alias(dst) for src, dst in present))
 
 
-def enrich_events(events: DataFrame, products: DataFrame | None = None,
-                  users: DataFrame | None = None) -> DataFrame:
-    """Keys and derived fields, then a broadcast left join with the small dimension tables.
+def join_dimensions(events: DataFrame, products: DataFrame | None = None,
+                    users: DataFrame | None = None) -> DataFrame:
+    """Broadcast left joins with the small dimension tables (those that exist yet).
 
     Dimension tables are small (one row per product / user), so broadcasting them avoids a
     shuffle of the large event side; works the same on a stream and on a static frame.
     """
-    enriched = with_event_keys(events)
     if products is not None:
         dim = _dimension_columns(products, PRODUCT_ID, PRODUCT_DIMENSION_FIELDS)
-        enriched = enriched.join(F.broadcast(dim), on=PRODUCT_ID, how="left")
+        events = events.join(F.broadcast(dim), on=PRODUCT_ID, how="left")
     if users is not None:
         dim = _dimension_columns(users, USER_ID, USER_DIMENSION_FIELDS)
-        enriched = enriched.join(F.broadcast(dim), on=USER_ID, how="left")
-    return enriched
+        events = events.join(F.broadcast(dim), on=USER_ID, how="left")
+    return events
+
+
+def enrich_events(events: DataFrame, products: DataFrame | None = None,
+                  users: DataFrame | None = None) -> DataFrame:
+    """Keys and derived fields (``with_event_keys``), then ``join_dimensions``."""
+    return join_dimensions(with_event_keys(events), products, users)
 
 
 def write_event_lake(enriched: DataFrame, path: str) -> None:
