@@ -35,7 +35,9 @@ from pathlib import Path
 from confluent_kafka import Producer
 from pymongo import MongoClient
 
+from journey_assets.local.stack import LocalStack
 from journey_assets.resources.kafka import ensure_topic
+from journey_assets.resources.mongo import upsert_documents
 from journey_assets.resources.spark import build_spark_session
 from journey_assets.schema import TIME_FORMAT_PY, category_l1, event_id, validate_record
 from journey_assets.settings import Settings
@@ -64,6 +66,11 @@ def throughput(base: Settings, spark, data_dir: Path, events: int, max_offsets: 
         print(f"  [{query}] batch {rec['batch_id']}: {rec['input_rows']} rows, "
               f"{rec['duration_ms']} ms", flush=True)
 
+    stack = LocalStack()
+    pids = {"spark JVM": int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()),
+            "FerretDB": stack.mongo.pid(), "Kafka": stack.kafka.pid()}
+    pids = {name: pid for name, pid in pids.items() if pid}
+    before = {name: _process_cpu_seconds(pid) for name, pid in pids.items()}
     cpu0 = time.process_time()
     summary = run_stream(spark, target_from(settings),
                          StreamOptions(mode="available-now", max_offsets_per_trigger=max_offsets),
@@ -73,6 +80,12 @@ def throughput(base: Settings, spark, data_dir: Path, events: int, max_offsets: 
     print(f"THROUGHPUT available-now: {rows:,} events in {wall:.1f} s = {rows / wall:,.0f} "
           f"events/s Kafka -> MongoDB+lake, all five collections (driver cpu "
           f"{time.process_time() - cpu0:.1f} s)")
+    used = {name: _process_cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+    used["python driver"] = time.process_time() - cpu0
+    print(f"  CPU seconds during the run (the machine had {os.cpu_count()} x {wall:.0f} s = "
+          f"{os.cpu_count() * wall:.0f}): "
+          + ", ".join(f"{name} {sec:.0f} ({sec / rows * 1e6:,.0f} us/event)"
+                      for name, sec in sorted(used.items(), key=lambda kv: -kv[1])))
     secs = summary.sinks["seconds"]
     docs = summary.sinks["documents"]
     for name, s in sorted(secs.items()):
@@ -90,7 +103,39 @@ def throughput(base: Settings, spark, data_dir: Path, events: int, max_offsets: 
         spark_only = max(busy - blocked.get(query, 0.0), 1e-9)
         print(f"  query {query:<13} busy {busy:6.1f} s, blocked on MongoDB {blocked.get(query, 0):6.1f} s"
               f" -> {rows / busy:,.0f} events/s, {rows / spark_only:,.0f} events/s without MongoDB")
+    sink_ceiling(settings)
     MongoClient(settings.mongo_uri).drop_database(settings.mongo_db)
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sink_ceiling(settings: Settings, limit: int = 100_000) -> None:
+    """What the MongoDB server alone takes for the enriched_events documents of the run: the
+    same documents inserted again into an empty collection, nothing else running. With the
+    local stack's FerretDB, its CPU seconds per document bound what any pipeline on this
+    machine can push into it: 2 cores / (CPU per document)."""
+    db = MongoClient(settings.mongo_uri, tz_aware=True)[settings.mongo_db]
+    docs = list(db.enriched_events.find({}, limit=limit))
+    if not docs:
+        return
+    scratch = db["sink_ceiling"]
+    scratch.drop()
+    pid = LocalStack().mongo.pid()
+    cpu0 = _process_cpu_seconds(pid) if pid else None
+    start = time.perf_counter()
+    upsert_documents(db, scratch.name, docs)
+    wall = time.perf_counter() - start
+    line = (f"SINK CEILING: {len(docs):,} enriched_events documents re-inserted alone in "
+            f"{wall:.1f} s = {len(docs) / wall:,.0f} docs/s (one client)")
+    if pid and cpu0 is not None:
+        per_doc = (_process_cpu_seconds(pid) - cpu0) / len(docs)
+        line += (f"; FerretDB CPU {per_doc * 1e6:,.0f} us/document -> at most "
+                 f"{os.cpu_count() / per_doc:,.0f} docs/s with every core of this machine on it")
+    print(line, flush=True)
+    scratch.drop()
 
 
 def latency(base: Settings, spark, data_dir: Path, rate: float, seconds: float,

@@ -194,7 +194,7 @@ def simulate(source: str, path: str | None, events: int | None, seed: int, rate:
               help="Processing-time trigger interval (continuous mode).")
 @click.option("--sessions-every", type=float, default=None,
               help="Seconds between session/funnel refreshes from the lake (and at the end); "
-                   "default 30 continuous, 300 available-now.")
+                   "default 300.")
 @click.option("--shuffle-partitions", type=int, default=2, show_default=True,
               help="Spark shuffle partitions = state store partitions of the aggregation "
                    "(fixed by the checkpoint at the first start). On local[2], 1 gives the "

@@ -63,7 +63,7 @@ class StreamRunConfig(dg.Config):
     trigger_seconds: float = 2.0
     max_offsets_per_trigger: int | None = None
     watermark: str = "10 minutes"
-    sessions_every_seconds: float | None = None  # 30 s continuous, 300 s available-now
+    sessions_every_seconds: float | None = None  # None: 300 s
     materialize_every_s: float = 30.0
 
 

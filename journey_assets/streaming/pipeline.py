@@ -56,9 +56,9 @@ class StreamOptions:
     mode: str = AVAILABLE_NOW
     #: Processing-time trigger of the aggregations query (continuous mode): the latency knob.
     trigger_seconds: float = 2.0
-    #: Trigger of the events query (continuous mode; None: max(trigger_seconds, 5)). It writes
-    #: the history, where a few seconds matter less than the cost per event: fewer, larger
-    #: batches leave the cores to the aggregations query between them.
+    #: Trigger of the events query (continuous mode; None: max(trigger_seconds, 15)). It writes
+    #: the history, where seconds matter less than the cost per event: fewer, larger batches
+    #: leave the cores to the aggregations query (the latency path) between them.
     events_trigger_seconds: float | None = None
     #: Cap per micro-batch (all partitions together); None = everything available.
     max_offsets_per_trigger: int | None = None
@@ -67,9 +67,10 @@ class StreamOptions:
     starting_offsets: str = "earliest"
     session_horizon_days: int = 1
     #: How often the events query refreshes sessions and the funnel (they read the lake, which
-    #: is too much work for every micro-batch); a run also refreshes when it ends. None: 30 s
-    #: in continuous mode, 300 s in available-now (a catch-up wants throughput; its end-of-run
-    #: refresh covers everything anyway).
+    #: is too much work for every micro-batch); a run also refreshes when it ends. None: 300 s
+    #: in both modes. A session is only complete 30 minutes after its last event (the session
+    #: gap), so fresher refreshes buy little, and each one is a burst of Spark jobs that slows
+    #: the aggregations query (the latency path) while it runs.
     sessions_every_seconds: float | None = None
     write_strategy: str = "auto"
     poll_seconds: float = 1.0
@@ -82,11 +83,11 @@ class StreamOptions:
     def sessions_interval(self) -> float:
         if self.sessions_every_seconds is not None:
             return self.sessions_every_seconds
-        return 30.0 if self.mode == CONTINUOUS else 300.0
+        return 300.0
 
     @property
     def events_trigger(self) -> float:
-        return self.events_trigger_seconds or max(self.trigger_seconds, 5.0)
+        return self.events_trigger_seconds or max(self.trigger_seconds, 15.0)
 
 
 @dataclass(frozen=True)

@@ -220,16 +220,21 @@ class SessionRefresher:
                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         first = min(dates) - dt.timedelta(days=self.horizon)
         last = max(dates) + dt.timedelta(days=self.horizon)
-        history = read_event_lake(spark, self.events_path, first.isoformat(), last.isoformat())
-        # Full metrics (with the pandas-UDF score) only for the touched sessions; the funnel
-        # needs every session of its days, but only their counts.
-        session_docs = frame_documents(session_documents(session_metrics(
-            history.join(F.broadcast(touched), USER_SESSION, "left_semi"))))
-        days = sorted({(d - dt.timedelta(days=k)).isoformat()
-                       for d in dates for k in range(self.horizon + 1)})
-        funnel = conversion_funnel(session_metrics(history, with_quality_score=False)
-                                   .where(F.col(SESSION_DATE).isin(days)))
-        funnel_docs = frame_documents(funnel_documents(funnel))
+        # Both results read the same unique events: read and de-duplicate the lake once.
+        history = read_event_lake(spark, self.events_path, first.isoformat(),
+                                  last.isoformat()).persist()
+        try:
+            # Full metrics (with the pandas-UDF score) only for the touched sessions; the
+            # funnel needs every session of its days, but only their counts.
+            session_docs = frame_documents(session_documents(session_metrics(
+                history.join(F.broadcast(touched), USER_SESSION, "left_semi"))))
+            days = sorted({(d - dt.timedelta(days=k)).isoformat()
+                           for d in dates for k in range(self.horizon + 1)})
+            funnel = conversion_funnel(session_metrics(history, with_quality_score=False)
+                                       .where(F.col(SESSION_DATE).isin(days)))
+            funnel_docs = frame_documents(funnel_documents(funnel))
+        finally:
+            history.unpersist()
         return session_docs, funnel_docs
 
 
