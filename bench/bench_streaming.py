@@ -210,8 +210,11 @@ def latency(base: Settings, spark, data_dir: Path, rate: float, seconds: float,
             print(f"  [{query}] batch {rec['batch_id']}: {rec['input_rows']} rows, "
                   f"{rec['duration_ms']} ms {rec['durations_ms']}", flush=True)
 
-    run_stream(spark, target_from(settings), options, on_progress=on_progress,
-               should_stop=stop.is_set)
+    summary = run_stream(spark, target_from(settings), options, on_progress=on_progress,
+                         should_stop=stop.is_set)
+    for name, sec in sorted(summary.sinks["seconds"].items()):
+        n = summary.sinks["documents"].get(name)
+        print(f"    {name:<32} {sec:7.1f} s{f', {n:,} docs' if n else ''}")
     db = MongoClient(settings.mongo_uri)[settings.mongo_db]
     counted = sum(d["event_count"] for d in db.event_aggregations.find({"window_type": "tumbling_5m"}))
     print(f"  sent {sum(len(v) for v in sent_at.values()):,} unique valid events "

@@ -57,6 +57,21 @@ def test_bulk_upsert_twice_leaves_exactly_one_document_each(mongo_db: Database,
     assert mongo_db[coll].find_one({"_id": "doc-7"})["square"] == 49
 
 
+def test_keep_existing_inserts_only_new_ids_and_counts_them(mongo_db: Database) -> None:
+    coll = "keep_existing_probe"
+    first = [{"_id": f"ev-{i}", "v": "first"} for i in range(0, 600)]
+    assert upsert_documents(mongo_db, coll, first, batch_size=250, keep_existing=True) == 600
+    # A later batch repeats 300 of them (with other content) and brings 300 new ones, one of
+    # them twice: only the new ids are written, once; the repeated ids keep their document.
+    later = ([{"_id": f"ev-{i}", "v": "later"} for i in range(300, 900)]
+             + [{"_id": "ev-899", "v": "later"}])
+    assert upsert_documents(mongo_db, coll, later, batch_size=250, keep_existing=True) == 300
+    assert mongo_db[coll].count_documents({}) == 900
+    assert mongo_db[coll].count_documents({"v": "first"}) == 600
+    assert mongo_db[coll].find_one({"_id": "ev-450"})["v"] == "first"
+    assert mongo_db[coll].find_one({"_id": "ev-750"})["v"] == "later"
+
+
 def test_definitions_load_and_validate(settings: Settings) -> None:
     defs = build_definitions(settings)
     dg.Definitions.validate_loadable(defs)

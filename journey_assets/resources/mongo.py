@@ -21,6 +21,7 @@ DEFAULT_BATCH_SIZE = 2_000
 _DUPLICATE_KEY = 11000
 REPLACE = "replace"
 DELETE_INSERT = "delete_insert"
+KEEP_EXISTING = "keep_existing"  # insert-only (upsert_documents(keep_existing=True))
 
 
 def is_ferretdb(db: Database) -> bool:
@@ -37,13 +38,20 @@ def write_strategy_for(db: Database, strategy: str = "auto") -> str:
 
 def upsert_documents(
     db: Database, collection: str, documents: Iterable[Mapping[str, Any]],
-    batch_size: int = DEFAULT_BATCH_SIZE, strategy: str = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE, strategy: str = "auto", keep_existing: bool = False,
 ) -> int:
     """Write each document under its deterministic ``_id``, replacing any earlier version.
 
     Replaying the same documents changes nothing. Returns how many documents were written.
+    ``keep_existing``: an ``_id`` that is taken keeps its document and nothing is replaced -
+    for documents that are their ``_id`` (an enriched event: the ``_id`` hashes the event), a
+    repeat is the same event, and skipping it spares FerretDB's delete, which scans the whole
+    collection (a cost that grows with the collection, paid by every micro-batch that holds
+    one repeat of an earlier one).
     """
     chosen = write_strategy_for(db, strategy)
+    if keep_existing:
+        chosen = KEEP_EXISTING
     coll = db[collection]
     written = 0
     existing: list[dict[str, Any]] = []  # delete_insert: documents whose _id was taken
@@ -66,6 +74,8 @@ def _flush(coll: Collection, batch: list[dict[str, Any]], strategy: str,
            existing: list[dict[str, Any]]) -> int:
     # Within a batch the last version of an _id wins, as it would with sequential replaces.
     unique = list({doc["_id"]: doc for doc in batch}.values())
+    if strategy == KEEP_EXISTING:
+        return len(unique) - len(_insert_new(coll, unique))
     if strategy == DELETE_INSERT:
         existing.extend(_insert_new(coll, unique))
         return len(unique)

@@ -123,9 +123,10 @@ class SinkStats:
         self.documents: dict[str, int] = defaultdict(int)
 
     def timed_upsert(self, db: Database, collection: str, docs: list[dict[str, Any]],
-                     strategy: str) -> int:
+                     strategy: str, keep_existing: bool = False) -> int:
         start = time.perf_counter()
-        written = upsert_documents(db, collection, docs, strategy=strategy) if docs else 0
+        written = upsert_documents(db, collection, docs, strategy=strategy,
+                                   keep_existing=keep_existing) if docs else 0
         self.seconds[f"mongo.{collection}"] += time.perf_counter() - start
         self.documents[f"mongo.{collection}"] += written
         return written
@@ -294,8 +295,11 @@ class EventsSink:
             return out
         with_ids = enriched.append_column("_id", enriched.column(EVENT_ID))
         inserted = self._mongo.submit(
+            # An event's _id is its content hash: a repeat (a duplicate row in a later batch,
+            # a replayed batch) is the same event, already written - keep it.
             lambda: self.stats.timed_upsert(self.db, ENRICHED_EVENTS,
-                                            arrow_documents(with_ids), self.strategy))
+                                            arrow_documents(with_ids), self.strategy,
+                                            keep_existing=True))
         start = time.perf_counter()
         write_lake_batch(enriched, self.events_path, batch_id)
         self.stats.add_seconds("lake", time.perf_counter() - start)
