@@ -49,9 +49,7 @@ def upsert_documents(
     collection (a cost that grows with the collection, paid by every micro-batch that holds
     one repeat of an earlier one).
     """
-    chosen = write_strategy_for(db, strategy)
-    if keep_existing:
-        chosen = KEEP_EXISTING
+    chosen = KEEP_EXISTING if keep_existing else write_strategy_for(db, strategy)
     coll = db[collection]
     written = 0
     existing: list[dict[str, Any]] = []  # delete_insert: documents whose _id was taken
