@@ -10,7 +10,7 @@ the metadata a person would look at. The partition key is the as_of day.
 import base64
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 
 from journey_assets.ml import churn as churn_ml
 from journey_assets.ml import segments as segment_ml
-from journey_assets.partitions import daily_partitions
+from journey_assets.partitions import as_of_partitions
 from journey_assets.resources import LakeResource, MongoResource, SparkResource
 from journey_assets.schedules import build_batch_job, build_batch_schedule
 from journey_assets.schema import EVENT_DATE, EVENT_TYPES, USER_ID
@@ -45,11 +45,9 @@ CUSTOMER_SEGMENTS = "customer_segments"
 CHURN_PREDICTIONS = "churn_predictions"
 TIME_SERIES = "time_series_analysis"
 STATISTICS = "statistical_analysis"
-CHURN_AUC_CHECK = "churn_auc_plausible"
-#: AUC bounds of the churn model check: >= LEAKAGE_AUC smells of label leakage, below
-#: USELESS_AUC the model is not worth serving.
+CHURN_AUC_CHECK = "churn_lift_plausible"
+#: AUC-ROC at or above LEAKAGE_AUC smells of label leakage (the check fails).
 LEAKAGE_AUC = 0.99
-USELESS_AUC = 0.6
 #: The lake the streaming assets write (journey_assets.streaming.sinks.ENRICHED_EVENTS): the
 #: upstream of every batch asset, declared by key only (lineage, no import of streaming code).
 EVENT_LAKE = dg.AssetKey("enriched_events")
@@ -80,6 +78,20 @@ class ChurnConfig(dg.Config):
     max_train_users: int = churn_ml.DEFAULT_MAX_TRAIN_USERS
     threshold: float = 0.5
     seed: int = 42
+    #: The churn population: buyers in the lookback, and/or users active on at least
+    #: ``min_active_days`` distinct days of it (0: buyers only). See ml/churn.py.
+    eligible_buyers: bool = True
+    min_active_days: int = churn_ml.DEFAULT_MIN_ACTIVE_DAYS
+    #: Staying means any event ("any") or a purchase ("purchase") in the horizon.
+    activity: str = churn_ml.ANY_ACTIVITY
+    #: The check passes at an AUC-PR of at least this multiple of the base rate (capped at
+    #: half-way to 1 / base rate, the largest lift possible: ``churn_ml.required_lift``).
+    min_auc_pr_lift: float = 1.25
+
+    def eligibility(self) -> churn_ml.Eligibility:
+        return churn_ml.Eligibility(buyers=self.eligible_buyers,
+                                    min_active_days=self.min_active_days or None,
+                                    activity=self.activity)
 
 
 class TimeSeriesConfig(dg.Config):
@@ -112,6 +124,18 @@ def lake_span(session: SparkSession, lake: LakeResource):
     return churn_ml.lake_date_range(session.read.parquet(lake.events_path).select(EVENT_DATE))
 
 
+def lake_span_or_none(session: SparkSession, lake: LakeResource) -> tuple[date, date] | None:
+    """``lake_span``, or None when the lake has no events (yet): callers skip cleanly."""
+    try:
+        return lake_span(session, lake)
+    except ValueError:
+        return None
+    except Exception as exc:  # no table at the path yet (Spark's AnalysisException)
+        if "PATH_NOT_FOUND" in str(exc) or "is not a Delta table" in str(exc):
+            return None
+        raise
+
+
 def row_documents(frame: DataFrame, as_of: str, extra: dict[str, Any] | None = None
                   ) -> Iterator[dict[str, Any]]:
     """Rows as Mongo documents with the deterministic ``_id`` ``"{user_id}:{as_of}"``."""
@@ -133,6 +157,41 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def skipped_result(reason: str, checks: Sequence[str] = ()) -> dg.MaterializeResult:
+    """A materialization that says why it did nothing (an empty window: no events or users);
+    declared checks get a WARN result saying they were not evaluated."""
+    return dg.MaterializeResult(
+        metadata={"skipped": reason, "documents": 0},
+        check_results=[dg.AssetCheckResult(check_name=name, passed=False,
+                                           severity=dg.AssetCheckSeverity.WARN,
+                                           description=f"not evaluated: {reason}")
+                       for name in checks])
+
+
+def churn_check(metrics: dict[str, Any], min_lift: float) -> dg.AssetCheckResult:
+    """Judge the model against its base rate (AUC-PR lift), not by raw AUC-PR, which mostly
+    reflects the base rate; an AUC-ROC near 1 still fails as likely leakage."""
+    base, lift, auc = metrics["base_rate"], metrics["auc_pr_lift"], metrics["auc_roc"]
+    needed = churn_ml.required_lift(base, min_lift)
+    if auc != auc or lift != lift:  # NaN: one class only in the test snapshot
+        passed, verdict = False, f"undefined metrics: the test snapshot has base rate {base:.3f}"
+    elif auc >= LEAKAGE_AUC:
+        passed, verdict = False, (f"AUC-ROC {auc:.3f} >= {LEAKAGE_AUC}: suspiciously perfect, "
+                                  "check for leakage")
+    elif lift < needed:
+        passed, verdict = False, (f"AUC-PR {metrics['auc_pr']:.3f} is {lift:.2f}x the base rate "
+                                  f"{base:.3f}, below the required {needed:.2f}x")
+    else:
+        passed, verdict = True, (f"AUC-PR {metrics['auc_pr']:.3f} = {lift:.2f}x the base rate "
+                                 f"{base:.3f} (>= {needed:.2f}x), AUC-ROC {auc:.3f}")
+    return dg.AssetCheckResult(
+        check_name=CHURN_AUC_CHECK, passed=passed, severity=dg.AssetCheckSeverity.ERROR,
+        description=verdict,
+        metadata={"auc_roc": auc, "auc_pr": metrics["auc_pr"], "base_rate": base,
+                  "auc_pr_lift": lift, "required_lift": needed,
+                  "precision_top_decile": metrics["precision_top_decile"]})
 
 
 # -- assets -------------------------------------------------------------------------------
@@ -184,7 +243,10 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
                           mongo: MongoResource) -> dg.MaterializeResult:
         as_of = context.partition_key
         session = spark.get_session()
-        features = read_feature_snapshot(session, lake, as_of).cache()
+        features = read_feature_snapshot(session, lake, as_of)
+        if features.isEmpty():  # an empty window: no users, nothing to cluster
+            return skipped_result(f"no users in the feature snapshot of {as_of}")
+        features = features.cache()
         try:
             result = segment_ml.fit_segments(
                 features, range(config.k_min, config.k_max + 1), use_pca=config.use_pca,
@@ -222,22 +284,39 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
               deps=[user_feature_engineering, EVENT_LAKE], kinds={"spark", "mongodb"},
               check_specs=[dg.AssetCheckSpec(
                   CHURN_AUC_CHECK, asset=CHURN_PREDICTIONS,
-                  description=f"test AUC-ROC in [{USELESS_AUC}, {LEAKAGE_AUC}): higher smells "
-                              "of label leakage, lower is a useless model")],
-              description="RandomForest churn probability per user (no purchase in the next "
-                          "horizon days), trained and tested on earlier snapshots.")
+                  description="test AUC-PR lift over the churn base rate >= min_auc_pr_lift "
+                              "(a model no better than the base rate is useless) and AUC-ROC "
+                              f"< {LEAKAGE_AUC} (higher smells of label leakage)")],
+              description="RandomForest churn probability per eligible customer (bought, or "
+                          "active on several days, in the lookback; churned = no activity in "
+                          "the next horizon days), trained and tested on earlier full-lookback "
+                          "snapshots.")
     def churn_predictions(context: dg.AssetExecutionContext, config: ChurnConfig,
                           spark: SparkResource, lake: LakeResource,
                           mongo: MongoResource) -> dg.MaterializeResult:
         as_of = context.partition_key
         session = spark.get_session()
+        eligibility = config.eligibility()
         predict_features = read_feature_snapshot(session, lake, as_of)
-        lookback = int(predict_features.select(LOOKBACK_DAYS).first()[0])
+        lookback_row = predict_features.select(LOOKBACK_DAYS).first()
+        if lookback_row is None:  # an empty window: nobody to score
+            return skipped_result(f"no users in the feature snapshot of {as_of}: nothing to "
+                                  "score", [CHURN_AUC_CHECK])
+        lookback = int(lookback_row[0])
         first, last = lake_span(session, lake)
-        plan = churn_ml.plan_snapshots(as_of, config.horizon_days, first, last)
-        # The whole lake: every read in there is partition-pruned to the window it needs.
-        train, test = churn_ml.train_test_snapshots(
-            session.read.parquet(lake.events_path), plan, lookback, predict_features)
+        try:
+            plan = churn_ml.plan_snapshots(as_of, config.horizon_days, first, last, lookback)
+        except churn_ml.NotEnoughHistory as exc:
+            raise dg.Failure(description=str(exc),
+                             metadata={"missing_days": exc.missing_days,
+                                       "lake_span": f"{first} .. {last}",
+                                       "lookback_days": lookback,
+                                       "horizon_days": config.horizon_days}) from exc
+        read_from, read_to = plan.read_span
+        # Only the days the train and test snapshots need (features and labels).
+        events = read_lake_window(session, lake.events_path, read_from, read_to)
+        train, test = churn_ml.train_test_snapshots(events, plan, lookback, predict_features,
+                                                    eligibility)
         try:
             model = churn_ml.fit_churn_model(train, config.num_trees, config.max_depth,
                                              config.seed, config.max_train_users)
@@ -250,7 +329,9 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
         model_version = f"{as_of}-{context.run_id[:8]}"
         model_path = lake.model_path("churn", model_version)
         model.write().overwrite().save(model_path)
-        scored = churn_ml.score(model, predict_features, config.threshold).select(
+        # Users outside the population were never customers: no churn score for them.
+        scored = churn_ml.score(model, churn_ml.eligible(predict_features, eligibility),
+                                config.threshold).select(
             USER_ID, churn_ml.CHURN_PROBABILITY, churn_ml.CHURN_PREDICTION)
         predicted_churners = 0
 
@@ -263,23 +344,19 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
         written = mongo.replace_partition(CHURN_PREDICTIONS, {AS_OF: as_of}, churn_documents())
         importances = churn_ml.feature_importances(model)
 
-        auc = metrics["auc_roc"]
-        if auc >= LEAKAGE_AUC:
-            verdict = f"AUC {auc:.3f} >= {LEAKAGE_AUC}: suspiciously perfect, check for leakage"
-        elif auc < USELESS_AUC:
-            verdict = f"AUC {auc:.3f} < {USELESS_AUC}: the model is no better than useless"
-        else:
-            verdict = f"AUC {auc:.3f} within [{USELESS_AUC}, {LEAKAGE_AUC})"
-        check = dg.AssetCheckResult(
-            check_name=CHURN_AUC_CHECK, passed=USELESS_AUC <= auc < LEAKAGE_AUC,
-            severity=dg.AssetCheckSeverity.ERROR, description=verdict,
-            metadata={"auc_roc": auc, "auc_pr": metrics["auc_pr"]})
+        check = churn_check(metrics, config.min_auc_pr_lift)
+        windows = [w.as_dict() for w in plan.windows]
         return dg.MaterializeResult(
             metadata={
                 "users_scored": written,
                 "predicted_churners": predicted_churners,
-                "auc_roc": auc,
+                "population": eligibility.describe(),
+                "base_rate": metrics["base_rate"],
                 "auc_pr": metrics["auc_pr"],
+                "auc_pr_lift": metrics["auc_pr_lift"],
+                "precision_top_decile": metrics["precision_top_decile"],
+                "precision_top_decile_lift": metrics["precision_top_decile_lift"],
+                "auc_roc": metrics["auc_roc"],
                 "precision": metrics["precision"],
                 "recall": metrics["recall"],
                 "accuracy": metrics["accuracy"],
@@ -290,6 +367,11 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
                 "confusion_matrix": metrics["confusion"],
                 "train_as_of": plan.train_as_of.isoformat(),
                 "test_as_of": plan.test_as_of.isoformat(),
+                "windows": dg.MetadataValue.md(markdown_table(
+                    ["snapshot", "as_of", "lookback (features)", "label window"],
+                    [[w["role"], w["as_of"], w["lookback"], w["label"]] for w in windows])),
+                "snapshot_windows": dg.MetadataValue.json(windows),
+                "lake_span": f"{first} .. {last}",
                 "label_window_complete_for_as_of": plan.predict_label_complete,
                 "horizon_days": config.horizon_days,
                 "lookback_days": lookback,
@@ -313,10 +395,17 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
                              mongo: MongoResource) -> dg.MaterializeResult:
         day = to_date(context.partition_key)
         session = spark.get_session()
+        # The data's own calendar: the series starts at the lake's first day (no zero days
+        # before it), and a day past the lake's last one has no data yet.
+        span = lake_span_or_none(session, lake)
+        if span is None or not span[0] <= day <= span[1]:
+            return skipped_result(f"{day} is outside the lake's days "
+                                  f"({'empty lake' if span is None else f'{span[0]} .. {span[1]}'})")
         # 6 extra days so that the first plotted day's 7-day average is complete.
-        start = day - timedelta(days=config.history_days - 1 + 6)
+        start = max(day - timedelta(days=config.history_days - 1 + 6), span[0])
         events = read_event_lake(session, lake.events_path, start.isoformat(), day.isoformat())
-        trends = timeseries.with_trends(timeseries.daily_event_counts(events, start, day))
+        trends = timeseries.with_trends(
+            timeseries.daily_event_counts(events, start, day, first_day=span[0]))
         history = [r.asDict() for r in trends.orderBy(timeseries.DATE, "event_type").collect()
                    if r[timeseries.DATE] > day - timedelta(days=config.history_days)]
         day_events = events.where(F.col(EVENT_DATE) == F.lit(day.isoformat()).cast("date"))
@@ -361,7 +450,10 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
                              lake: LakeResource, mongo: MongoResource) -> dg.MaterializeResult:
         as_of = context.partition_key
         session = spark.get_session()
-        features = read_feature_snapshot(session, lake, as_of).cache()
+        features = read_feature_snapshot(session, lake, as_of)
+        if features.isEmpty():  # an empty window: no statistics of nothing
+            return skipped_result(f"no users in the feature snapshot of {as_of}")
+        features = features.cache()
         lookback = int(features.select(LOOKBACK_DAYS).first()[0])
         start, end = window_bounds(as_of, lookback)
         events = read_event_lake(session, lake.events_path, start.isoformat(),
@@ -443,9 +535,16 @@ class BatchDefinitions:
 
 
 def build_batch_definitions(settings: Settings) -> BatchDefinitions:
-    """Assets, the partitioned job and its schedule, over the configured daily partitions."""
-    partitions = daily_partitions(settings)
+    """Assets, the partitioned job and its schedule, over the data's as_of days."""
+    partitions = as_of_partitions(settings)
     assets = build_batch_assets(partitions)
     job = build_batch_job(assets, partitions)
-    return BatchDefinitions(assets=assets, jobs=[job],
-                            schedules=[build_batch_schedule(job, partitions)])
+
+    def span_of(context: dg.ScheduleEvaluationContext) -> tuple[date, date] | None:
+        # A Spark session in the schedule's process: lake_span reads only the partition
+        # column (the daemon pays the session start-up once per code-server process).
+        return lake_span_or_none(context.resources.spark.get_session(), context.resources.lake)
+
+    schedule = build_batch_schedule(job, partitions, span_of, floor=settings.partitions_start,
+                                    required_resource_keys={"spark", "lake"})
+    return BatchDefinitions(assets=assets, jobs=[job], schedules=[schedule])

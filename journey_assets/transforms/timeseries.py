@@ -15,13 +15,21 @@ EVENT_COUNT = "event_count"
 HOUR = "hour"
 
 
-def daily_event_counts(events: DataFrame, start: date, end: date) -> DataFrame:
-    """One row per day in [start, end] x event_type, with 0 where nothing happened.
+def daily_event_counts(events: DataFrame, start: date, end: date,
+                       first_day: date | None = None) -> DataFrame:
+    """One row per day in [max(start, first_day), end] x event_type, 0 where nothing happened.
 
-    The zero rows matter: a moving average over rows must see every calendar day, otherwise a
-    quiet day would silently stretch the window.
+    The data's own calendar: ``first_day`` is the lake's first event date, and days before it
+    do not exist for the series (no zero rows there: the lake had not started, which is not a
+    day without events). Days from it on with no events are real zeros: a moving average over
+    rows must see every calendar day of the data, otherwise a quiet day would silently stretch
+    the window. Empty when the range holds no day of the data.
     """
     spark: SparkSession = events.sparkSession
+    if first_day is not None and first_day > start:
+        start = first_day
+    if start > end:  # the whole range lies before the data: no day exists yet
+        return spark.createDataFrame([], f"{DATE} date, {EVENT_TYPE} string, {EVENT_COUNT} long")
     days = spark.sql(
         f"SELECT explode(sequence(DATE'{start.isoformat()}', DATE'{end.isoformat()}')) AS {DATE}"
     )
@@ -42,6 +50,9 @@ def daily_event_counts(events: DataFrame, start: date, end: date) -> DataFrame:
 def with_trends(daily: DataFrame) -> DataFrame:
     """Add ma_7d / ma_3d (trailing, current day included) and dod_growth.
 
+    The averages run over the rows present: on the data's first days (``daily_event_counts``
+    with ``first_day``) they average the days that exist so far, like pandas
+    ``rolling(7, min_periods=1).mean()``: ma_7d on the third day is (c1 + c2 + c3) / 3, not / 7.
     dod_growth = (count - previous day's count) / previous day's count; null on the first day
     and when the previous day had no events (growth from zero is undefined).
     """
