@@ -177,8 +177,14 @@ def simulate(source: str, path: str | None, events: int | None, seed: int, rate:
                              invalid_fraction=invalid_fraction)
     click.echo(f"producing {source} events to {settings.topic} on {settings.kafka_bootstrap} "
                f"({'max rate' if rate is None else f'{rate:,.0f} events/s'}, {mode})", err=True)
+    from journey_assets.resources.mongo import MongoResource
+    from journey_assets.sources.rees46 import DEAD_LETTER_EVENTS, DeadLetterWriter
+
+    mongo = MongoResource(uri=settings.mongo_uri, database=settings.mongo_db)
+    # Malformed CSV lines cannot reach Kafka: written to dead_letter_events from here.
+    dead_letters = DeadLetterWriter(lambda docs: mongo.upsert(DEAD_LETTER_EVENTS, docs))
     summary = produce(records, settings.kafka_bootstrap, settings.topic, rate=rate, mode=mode,
-                      partitions=partitions, client=client)
+                      partitions=partitions, client=client, dead_letters=dead_letters)
     for line in summary.lines():
         click.echo(line)
     if summary.failed:

@@ -10,8 +10,9 @@ job) depend on ``customer_events_topic``.
 import dagster as dg
 from pyspark.sql import DataFrame, SparkSession
 
-from journey_assets.resources import KafkaResource
+from journey_assets.resources import KafkaResource, MongoResource
 from journey_assets.sources.producer import CONFLUENT, REPLAY, produce, source_records
+from journey_assets.sources.rees46 import DEAD_LETTER_EVENTS, DeadLetterWriter
 from journey_assets.transforms.events import parse_kafka_events, valid_events
 
 TOPIC_ASSET_KEY = dg.AssetKey("customer_events_topic")
@@ -43,7 +44,7 @@ class ReplayConfig(dg.Config):
 
 @dg.op(description="Produce events into the topic and record a materialization of it.")
 def replay_events(context: dg.OpExecutionContext, config: ReplayConfig,
-                  kafka: KafkaResource) -> None:
+                  kafka: KafkaResource, mongo: MongoResource) -> None:
     records = source_records(config.source, path=config.path, events=config.events,
                              seed=config.seed, start=config.start, days=config.days,
                              invalid_fraction=config.invalid_fraction)
@@ -53,7 +54,10 @@ def replay_events(context: dg.OpExecutionContext, config: ReplayConfig,
 
     summary = produce(records, kafka.bootstrap_servers, kafka.topic, rate=config.rate,
                       mode=config.mode, partitions=kafka.partitions, progress=log_progress,
-                      client=config.client)
+                      client=config.client,
+                      # Malformed CSV lines cannot reach Kafka: they go to the dead letters here.
+                      dead_letters=DeadLetterWriter(
+                          lambda docs: mongo.upsert(DEAD_LETTER_EVENTS, docs)))
     for line in summary.lines():
         context.log.info(line)
     if summary.failed:

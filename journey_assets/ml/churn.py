@@ -180,7 +180,8 @@ def plan_snapshots(as_of: str | date, horizon_days: int, first_event_date: date,
     missing = (first_event_date - needed_from).days
     if missing > 0:
         raise NotEnoughHistory(
-            f"churn for as_of {predict}: {missing} day(s) of history missing. Training on "
+            f"not enough history for churn at as_of {predict}: {missing} day(s) missing. "
+            f"Training on "
             f"{train} with a {lookback_days}-day lookback needs events from {needed_from}; "
             f"the lake spans {first_event_date} .. {last_event_date} "
             f"({(last_event_date - first_event_date).days + 1} days, "

@@ -5,7 +5,8 @@
   still sent, with its raw text values, so that the streaming job dead-letters it with its
   topic/partition/offset (the producer never drops an event silently).
 * CSV lines that are not rows at all (``rees46.DeadLetter``) cannot be sent as records: they
-  are counted as ``rejected`` and reported in the summary.
+  are counted as ``rejected``, reported in the summary and, given a ``DeadLetterWriter``,
+  written to ``dead_letter_events`` with file, line, raw text and reason.
 * Keyed by ``user_id`` (one user's events stay in one partition, in order), with the
   Java-compatible murmur2 partitioner in both clients so a user lands in the same partition
   whichever client wrote it.
@@ -27,7 +28,7 @@ from typing import Any
 
 from journey_assets.resources.kafka import end_offsets, ensure_topic
 from journey_assets.schema import CSV_COLUMNS, TIME_FORMAT_PY, check_texts, record_texts
-from journey_assets.sources.rees46 import DeadLetter
+from journey_assets.sources.rees46 import DeadLetter, DeadLetterWriter
 
 REPLAY = "replay"
 LIVE = "live"
@@ -45,6 +46,7 @@ class ProduceSummary:
     sent: int = 0                 # records handed to Kafka and acknowledged
     invalid: int = 0              # of those, records failing validation (sent raw, for the DLQ)
     rejected: int = 0             # malformed CSV lines: not sendable, reported below
+    dead_lettered: int = 0        # of those, written to dead_letter_events
     failed: int = 0               # delivery failures reported by the client
     seconds: float = 0.0
     client: str = CONFLUENT
@@ -60,7 +62,8 @@ class ProduceSummary:
     def as_metadata(self) -> dict[str, Any]:
         return {
             "read": self.read, "sent": self.sent, "invalid": self.invalid,
-            "rejected": self.rejected, "failed": self.failed,
+            "rejected": self.rejected, "dead_lettered": self.dead_lettered,
+            "failed": self.failed,
             "seconds": round(self.seconds, 3), "events_per_s": round(self.events_per_second, 1),
             "client": self.client, "topic": self.topic, "mode": self.mode,
             "end_offsets": {str(p): o for p, o in sorted(self.end_offsets.items())},
@@ -70,7 +73,7 @@ class ProduceSummary:
         out = [
             f"topic {self.topic} ({self.client}, {self.mode}): read {self.read:,}, sent "
             f"{self.sent:,} ({self.invalid:,} invalid, sent raw for the dead-letter queue), "
-            f"rejected {self.rejected:,}, failed {self.failed:,} in {self.seconds:.2f} s "
+            f"rejected {self.rejected:,} ({self.dead_lettered:,} to dead_letter_events), failed {self.failed:,} in {self.seconds:.2f} s "
             f"= {self.events_per_second:,.0f} events/s",
         ]
         if self.end_offsets:
@@ -241,8 +244,12 @@ def produce(
     partitions: int = 3,
     progress: bool | Callable[[ProduceSummary, float], None] = True,
     client: str = CONFLUENT,
+    dead_letters: DeadLetterWriter | None = None,
 ) -> ProduceSummary:
     """Send every record to ``topic`` (created with ``partitions`` if missing); see module doc.
+
+    ``dead_letters``: where malformed CSV lines go (flushed before returning); without it they
+    are only counted and reported.
 
     ``progress``: True prints a line per second with events/s to stderr, a callable receives
     ``(summary_so_far, current_events_per_s)`` instead, False is silent.
@@ -267,6 +274,8 @@ def produce(
                 summary.rejected += 1
                 if len(summary.rejections) < MAX_REPORTED_REJECTIONS:
                     summary.rejections.append(item)
+                if dead_letters is not None:
+                    dead_letters.add(item)
                 continue
             live_time = None
             if mode == LIVE:
@@ -294,6 +303,9 @@ def produce(
         sender.flush()
     finally:
         sender.close()
+        if dead_letters is not None:
+            dead_letters.flush()
+            summary.dead_lettered = dead_letters.written
     summary.seconds = time.perf_counter() - started
     summary.sent = sender.delivered
     summary.failed = sender.failed

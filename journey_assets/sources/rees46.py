@@ -5,13 +5,18 @@ that cannot be a row at all (wrong column count, bytes that are not UTF-8, broke
 becomes a ``DeadLetter`` with file and line number; everything else is yielded as the raw text
 record, exactly like the synthetic generator's output. Whether the *values* are acceptable is
 decided by ``schema.validate_record`` downstream, not here.
+
+Dead letters are never only counted: ``DeadLetterWriter`` writes them to the
+``dead_letter_events`` collection (one document per bad line, ``_id`` = ``file:line``, so a
+replay of the same file rewrites the same documents), in batches through the project's upsert
+helper (``MongoResource.upsert`` / ``serving.upsert_documents``).
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +25,8 @@ from typing import Any, BinaryIO
 from journey_assets.schema import CSV_COLUMNS, CSV_HEADER, MALFORMED_CSV
 
 Record = dict[str, str | None]
+#: The serving collection of rejected input records (the design's contract).
+DEAD_LETTER_EVENTS = "dead_letter_events"
 
 _N = len(CSV_COLUMNS)
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -45,6 +52,32 @@ class DeadLetter:
             "received_at": received_at or datetime.now(UTC),
             "source": {"file": self.file, "line": self.line},
         }
+
+
+class DeadLetterWriter:
+    """Collects ``DeadLetter`` lines and writes them as ``dead_letter_events`` documents.
+
+    ``write(documents)`` stores a batch and returns how many it wrote, for example
+    ``lambda docs: mongo.upsert(DEAD_LETTER_EVENTS, docs)``; documents go out every
+    ``batch_size`` letters and on ``flush`` (memory stays bounded on a file full of bad lines).
+    """
+
+    def __init__(self, write: Callable[[list[dict[str, Any]]], int],
+                 batch_size: int = 1_000) -> None:
+        self._write = write
+        self._batch_size = batch_size
+        self._pending: list[dict[str, Any]] = []
+        self.written = 0
+
+    def add(self, letter: DeadLetter) -> None:
+        self._pending.append(letter.document())
+        if len(self._pending) >= self._batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            self.written += self._write(self._pending)
+            self._pending = []
 
 
 class HeaderError(ValueError):
