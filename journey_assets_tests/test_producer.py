@@ -130,3 +130,45 @@ def test_malformed_csv_lines_are_rejected_and_reported(settings, tmp_path):
     assert [d.line for d in summary.rejections] == [12, 102]
     assert any("rejected" in line and ":12 " in line for line in summary.lines())
     assert len(_consume_all(settings.kafka_bootstrap, topic, 300)) == 300
+
+
+def test_malformed_csv_lines_land_in_dead_letter_events(settings, mongo_db, tmp_path):
+    """The kafka_replay job over a CSV with malformed lines: one dead_letter_events document
+    per bad line (file, line number, raw text, reason), and a second replay of the same file
+    rewrites the same documents instead of adding more."""
+    import dataclasses
+
+    from journey_assets.assets.ingestion import kafka_replay
+    from journey_assets.resources import build_resources
+    from journey_assets.schema import MALFORMED_CSV
+
+    good = list(generate_records(SyntheticConfig(n_events=200, seed=29)))
+    lines = [",".join("" if r[c] is None else r[c] for c in CSV_COLUMNS) for r in good]
+    bad = {5: "too,few,columns", 60: "2019-10-01 00:00:00 UTC,view,1,2,,,3.0,4,s,extra",
+           120: '2019-10-01 00:00:00 UTC,view,"1,2,,,3.0,4,s'}
+    for index in sorted(bad):
+        lines.insert(index, bad[index])
+    path = tmp_path / "with_bad_lines.csv"
+    path.write_text(CSV_HEADER + "\n" + "\n".join(lines) + "\n")
+    # Line numbers by plain counting (the header is line 1).
+    expected = {n: text for n, text in enumerate(path.read_text().splitlines(), start=1)
+                if text in bad.values()}
+    assert len(expected) == 3
+
+    run_settings = dataclasses.replace(settings, topic=_topic(settings, "dead_letters"))
+    config = {"ops": {"replay_events": {"config": {"source": "csv", "path": str(path),
+                                                   "events": None}}}}
+    for _ in range(2):  # the replay of the same file: same _ids, no duplicates
+        result = kafka_replay.execute_in_process(run_config=config,
+                                                 resources=build_resources(run_settings))
+        assert result.success
+    docs = list(mongo_db["dead_letter_events"].find({"source.file": str(path)}))
+    assert len(docs) == len(expected) == len({d["_id"] for d in docs})
+    by_line = {d["source"]["line"]: d for d in docs}
+    assert set(by_line) == set(expected)
+    for line, text in expected.items():
+        doc = by_line[line]
+        assert doc["raw"] == text and doc["reason"] == MALFORMED_CSV
+        assert doc["_id"] == f"{path}:{line}" and doc["received_at"] is not None
+    [mat] = [m for m in result.get_asset_materialization_events()]
+    assert mat.materialization.metadata["dead_lettered"].value == 3
