@@ -197,3 +197,17 @@ def test_features_dedupe_a_raw_lake_window(synthetic, spark, tmp_path):
     assert raw.count() > events.where(F.col("event_date") <= F.lit(end)).count()
     actual = build_user_features(raw, as_of, lookback).toPandas()
     assert_features_equal(actual, pandas_user_features(reference, as_of, lookback))
+
+
+def test_features_drop_duplicate_events_of_any_input(synthetic, spark):
+    """A frame that holds some events twice (not the Delta lake, which is unique by event_id):
+    ``build_user_features`` counts each event once; with ``unique=True`` (the lake's promise)
+    it skips that work and gives the same result on unique input."""
+    events, reference = synthetic
+    as_of, lookback = date(2019, 10, 20), 30
+    doubled = events.unionByName(events.sample(fraction=0.3, seed=1))
+    assert doubled.count() > events.count()
+    expected = pandas_user_features(reference, as_of, lookback)
+    assert_features_equal(build_user_features(doubled, as_of, lookback).toPandas(), expected)
+    assert_features_equal(build_user_features(events, as_of, lookback, unique=True).toPandas(),
+                          expected)

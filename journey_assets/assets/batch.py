@@ -208,10 +208,10 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
         as_of = context.partition_key
         session = spark.get_session()
         start, end = window_bounds(as_of, config.lookback_days)
-        # Duplicates kept: build_user_features drops them in its own (user-partitioned) shuffle.
         events = read_lake_window(session, lake.events_path, start, end)
         path = features_path(lake, as_of)
-        build_user_features(events, as_of, config.lookback_days) \
+        # unique: the events table is insert-only by event_id, no dedupe shuffle needed.
+        build_user_features(events, as_of, config.lookback_days, unique=True) \
             .write.mode("overwrite").parquet(path)
         snapshot = session.read.parquet(path)
         written = mongo.replace_partition(USER_FEATURES, {AS_OF: as_of},
@@ -316,7 +316,7 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
         # Only the days the train and test snapshots need (features and labels).
         events = read_lake_window(session, lake.events_path, read_from, read_to)
         train, test = churn_ml.train_test_snapshots(events, plan, lookback, predict_features,
-                                                    eligibility)
+                                                    eligibility, unique=True)
         try:
             model = churn_ml.fit_churn_model(train, config.num_trees, config.max_depth,
                                              config.seed, config.max_train_users)

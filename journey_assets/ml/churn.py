@@ -222,17 +222,18 @@ def with_churn_label(features: DataFrame, events: DataFrame, as_of: str | date,
 
 
 def labelled_snapshot(events: DataFrame, as_of: str | date, lookback_days: int,
-                      horizon_days: int,
-                      eligibility: Eligibility = DEFAULT_ELIGIBILITY) -> DataFrame:
-    """Features of as_of for the eligible users of its lookback, labelled ``churned``."""
-    features = build_user_features(events, as_of, lookback_days)
+                      horizon_days: int, eligibility: Eligibility = DEFAULT_ELIGIBILITY,
+                      unique: bool = False) -> DataFrame:
+    """Features of as_of for the eligible users of its lookback, labelled ``churned``
+    (``unique``: ``events`` hold each event once, see ``build_user_features``)."""
+    features = build_user_features(events, as_of, lookback_days, unique=unique)
     return with_churn_label(features, events, as_of, horizon_days, eligibility)
 
 
 def train_test_snapshots(events: DataFrame, plan: SnapshotPlan, lookback_days: int,
                          predict_features: DataFrame | None = None,
-                         eligibility: Eligibility = DEFAULT_ELIGIBILITY
-                         ) -> tuple[DataFrame, DataFrame]:
+                         eligibility: Eligibility = DEFAULT_ELIGIBILITY,
+                         unique: bool = False) -> tuple[DataFrame, DataFrame]:
     """The labelled train and test snapshots of ``plan``, cached (the caller unpersists).
 
     ``events``: the lake over at least ``plan.read_span`` (``read_lake_window``; every read
@@ -242,11 +243,13 @@ def train_test_snapshots(events: DataFrame, plan: SnapshotPlan, lookback_days: i
     labels are added: one feature build instead of two.
     """
     horizon = plan.horizon_days
-    train = labelled_snapshot(events, plan.train_as_of, lookback_days, horizon, eligibility)
+    train = labelled_snapshot(events, plan.train_as_of, lookback_days, horizon, eligibility,
+                              unique)
     if predict_features is not None and plan.test_as_of == plan.predict_as_of:
         test = with_churn_label(predict_features, events, plan.test_as_of, horizon, eligibility)
     else:
-        test = labelled_snapshot(events, plan.test_as_of, lookback_days, horizon, eligibility)
+        test = labelled_snapshot(events, plan.test_as_of, lookback_days, horizon, eligibility,
+                                 unique)
     return train.cache(), test.cache()
 
 
