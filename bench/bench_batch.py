@@ -3,7 +3,7 @@ user features computed by DuckDB on the same lake in the same run.
 
     .local/venv/bin/python bench/bench_batch.py --events 1000000 4000000
 
-Per size: generate a synthetic CSV, load it into the Parquet lake (parse, validate, enrich,
+Per size: generate a synthetic CSV, load it into the Delta events table (parse, validate, enrich,
 dedupe: reported, not counted; ``--keep --reuse --workdir DIR`` skips it on later runs), then
 time with Spark (local[2]), doing what the assets do with the assets' default configuration:
   features  build_user_features for as_of over the raw lake window, written to Parquet (the
@@ -13,7 +13,7 @@ time with Spark (local[2]), doing what the assets do with the assets' default co
             feature-store snapshot), RandomForest fit, evaluation, scoring of as_of
 Each phase prints wall seconds, the JVM's CPU seconds, its peak RSS and the 1-minute load
 average at its end (the machine is shared: load above 2 means the figures are pessimistic).
-and with DuckDB: the same user features (SQL over the same lake, dedupe by event_id), checked
+and with DuckDB: the same user features (SQL over the same Delta table read by delta-rs), checked
 against Spark's (user count, sums). MongoDB writes are not included: they belong to the sink,
 whose speed differs by orders of magnitude between FerretDB and MongoDB.
 
@@ -146,9 +146,8 @@ def timed(label: str, fn: Callable[[], Any], results: dict[str, Any]) -> Any:
 # -- DuckDB features ----------------------------------------------------------------------
 DUCKDB_FEATURES = """
 WITH ev AS (
-    SELECT * FROM read_parquet('{lake}/*/*.parquet', hive_partitioning = true)
+    SELECT * FROM lake
     WHERE event_date BETWEEN DATE '{start}' AND DATE '{end}'
-    QUALIFY row_number() OVER (PARTITION BY event_id) = 1
 ), sessions AS (
     SELECT user_id,
            count(*) AS sessions,
@@ -183,12 +182,18 @@ LEFT JOIN sessions s USING (user_id)
 
 
 def duckdb_features(lake: str, as_of: str, lookback: int):
+    """The same features in DuckDB over the same Delta table (read by delta-rs as an Arrow
+    dataset: DuckDB pushes the date filter and the column list into the scan). No dedupe on
+    either side: the table is insert-only by event_id."""
     import duckdb
+
+    from journey_assets.lake import read_table_arrow
 
     start, end = window_bounds(as_of, lookback)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    return con.execute(DUCKDB_FEATURES.format(lake=lake, start=start, end=end)).df()
+    con.register("lake", read_table_arrow(lake))
+    return con.execute(DUCKDB_FEATURES.format(start=start, end=end)).df()
 
 
 # -- the run ------------------------------------------------------------------------------
@@ -198,7 +203,7 @@ def run(n_events: int, args: argparse.Namespace, spark, workdir: Path) -> dict[s
     csv_path = workdir / f"events_{n_events}.csv"
     lake = str(workdir / f"lake_{n_events}")
     config = SyntheticConfig(n_events=n_events, seed=args.seed, days=args.days)
-    if args.reuse and (Path(lake) / "_SUCCESS").exists():
+    if args.reuse and (Path(lake) / "_delta_log").exists():
         # Same seed and size -> same lake: skip the (uncounted) generation and load.
         print(f"  reusing the lake {lake}", flush=True)
     else:
@@ -221,8 +226,8 @@ def run(n_events: int, args: argparse.Namespace, spark, workdir: Path) -> dict[s
         # As the user_feature_engineering asset: raw window, deduplicated inside the build.
         start, end = window_bounds(as_of, args.lookback)
         events = read_lake_window(spark, lake, start, end)
-        build_user_features(events, as_of, args.lookback).write.mode("overwrite") \
-            .parquet(features_dir)
+        build_user_features(events, as_of, args.lookback, unique=True) \
+            .write.mode("overwrite").parquet(features_dir)
         return spark.read.parquet(features_dir).count()
 
     users = timed("spark_features", features, results)
@@ -247,10 +252,11 @@ def run(n_events: int, args: argparse.Namespace, spark, workdir: Path) -> dict[s
 
     def churn() -> dict[str, Any]:
         # What the churn_predictions asset does (journey_assets/assets/batch.py).
-        plan = churn_ml.plan_snapshots(as_of, args.horizon, first, last)
+        plan = churn_ml.plan_snapshots(as_of, args.horizon, first, last, args.lookback)
         t0 = time.perf_counter()
-        train, test = churn_ml.train_test_snapshots(spark.read.parquet(lake), plan,
-                                                    args.lookback, snapshot)
+        events = read_lake_window(spark, lake, *plan.read_span)
+        train, test = churn_ml.train_test_snapshots(events, plan, args.lookback, snapshot,
+                                                    unique=True)
         print(f"    snapshots: train {train.count():,} test {test.count():,} users "
               f"{time.perf_counter() - t0:.1f} s", flush=True)
         t0 = time.perf_counter()
@@ -261,12 +267,15 @@ def run(n_events: int, args: argparse.Namespace, spark, workdir: Path) -> dict[s
         metrics = churn_ml.evaluate(model, test)
         print(f"    evaluate {time.perf_counter() - t0:.1f} s", flush=True)
         t0 = time.perf_counter()
-        scored = churn_ml.score(model, snapshot).where("churn_prediction = 1").count()
+        scored = churn_ml.score(model, churn_ml.eligible(snapshot)) \
+            .where("churn_prediction = 1").count()
         print(f"    score {time.perf_counter() - t0:.1f} s", flush=True)
         train.unpersist()
         test.unpersist()
         print(f"    train {plan.train_as_of} test {plan.test_as_of}: AUC-ROC "
-              f"{metrics['auc_roc']:.3f} AUC-PR {metrics['auc_pr']:.3f} precision "
+              f"{metrics['auc_roc']:.3f} AUC-PR {metrics['auc_pr']:.3f} (base rate "
+              f"{metrics['base_rate']:.3f}, lift {metrics['auc_pr_lift']:.2f}x, top-decile "
+              f"precision {metrics['precision_top_decile']:.3f}) precision "
               f"{metrics['precision']:.3f} recall {metrics['recall']:.3f} "
               f"churn rate {metrics['test_churn_rate']:.3f}; predicted churners {scored}",
               flush=True)
@@ -299,7 +308,8 @@ def main() -> None:
     churn_defaults, segment_defaults, spark_defaults = ChurnConfig(), SegmentConfig(), \
         SparkResource()
     parser.add_argument("--events", type=int, nargs="+", default=[1_000_000, 4_000_000])
-    parser.add_argument("--days", type=int, default=45)
+    # 60 days: churn needs lookback + 2 x horizon (58) for full-lookback snapshots.
+    parser.add_argument("--days", type=int, default=60)
     parser.add_argument("--seed", type=int, default=42)
     # Defaults are the assets' own (Dagster config classes, SparkResource): the bench measures
     # what a materialization does.
