@@ -272,7 +272,8 @@ def test_backfill_and_rematerialize_are_idempotent(first_run, batch, mongo_db):
 def _evaluate_schedule(batch, instance: dg.DagsterInstance, at: datetime,
                        lake: LakeResource | None = None):
     definitions = batch["definitions"]
-    resources = {**batch["resources"], **({"lake": lake} if lake else {})}
+    # Resources of its own: a schedule context binds them to its (short-lived) instance.
+    resources = {**build_resources(batch["settings"]), **({"lake": lake} if lake else {})}
     repo = dg.Definitions(assets=definitions.assets, jobs=definitions.jobs,
                           schedules=definitions.schedules,
                           resources=resources).get_repository_def()
