@@ -55,9 +55,10 @@ RUN_CONFIG = {"ops": {
 
 
 @pytest.fixture(scope="module")
-def instance():
-    """One Dagster instance for the module: it holds the dynamic as_of partitions."""
-    with dg.instance_for_test() as inst:
+def instance(tmp_path_factory):
+    """One Dagster instance for the module: it holds the dynamic as_of partitions (in a
+    directory of its own, which other tests' instances cannot tear down)."""
+    with dg.instance_for_test(temp_dir=str(tmp_path_factory.mktemp("instance"))) as inst:
         yield inst
 
 
@@ -284,10 +285,10 @@ def _evaluate_schedule(batch, instance: dg.DagsterInstance, at: datetime,
     return schedule.evaluate_tick(context)
 
 
-def test_schedule_requests_the_lakes_last_complete_day(batch):
+def test_schedule_requests_the_lakes_last_complete_day(batch, tmp_path):
     events = batch["events"]
     first, last = events["event_date"].min(), events["event_date"].max()
-    with dg.instance_for_test() as instance:
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
         # Replayed 2019 data, evaluated years later: the lake's last day is complete.
         result = _evaluate_schedule(batch, instance, datetime(2026, 5, 4, 12, 0, tzinfo=UTC))
         assert [r.partition_key for r in result.run_requests] == [last.isoformat()]
@@ -340,7 +341,8 @@ def test_churn_on_a_lake_too_short_for_the_lookback_fails_with_the_missing_days(
     write_event_lake(spark_events(spark, records), resources["lake"].events_path)
     definitions = build_batch_definitions(own)
     assets = {a.key.to_user_string(): a for a in definitions.assets}
-    with dg.instance_for_test() as instance:
+    with dg.instance_for_test(temp_dir=str(tmp_path_factory.mktemp("short_instance"))) \
+            as instance:
         instance.add_dynamic_partitions(AS_OF_PARTITIONS, [AS_OF])
         result = dg.materialize([assets[USER_FEATURES], assets[CHURN_PREDICTIONS]],
                                 resources=resources, partition_key=AS_OF, instance=instance,
