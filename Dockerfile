@@ -4,21 +4,25 @@
 #
 #   docker build -t journey-assets:0.1.0 .
 #
-# Three stages: Maven resolves Spark's Kafka connector (no download when a pod starts), a Python
+# Three stages: Maven resolves Spark's Kafka connector and Delta Lake (no download when a pod starts), a Python
 # stage installs the pinned dependencies into a venv, the slim runtime gets both plus a Java 17
 # runtime and runs as an unprivileged user.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # Must equal the pyspark pin in pyproject.toml: the connector is built for one Spark version.
 ARG SPARK_VERSION=4.1.1
+# Must equal the delta-spark pin in pyproject.toml (its Python API drives these jars).
+ARG DELTA_VERSION=4.4.0
 
-# ---- 1. Spark's Kafka source and its dependencies, from Maven Central -----------------------
+# ---- 1. Spark's Kafka source, Delta Lake and their dependencies, from Maven Central ---------
 FROM maven:3.9-eclipse-temurin-17 AS spark-jars
 ARG SPARK_VERSION
+ARG DELTA_VERSION
 WORKDIR /build
 COPY docker/spark-kafka/pom.xml pom.xml
 RUN mvn -B -q dependency:copy-dependencies \
         -Dspark.version=${SPARK_VERSION} \
+        -Ddelta.version=${DELTA_VERSION} \
         -DincludeScope=runtime \
         -DoutputDirectory=/opt/spark-jars
 

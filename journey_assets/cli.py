@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from journey_assets.local.artifacts import StackError
+from journey_assets.settings import DEFAULT_MAX_OFFSETS_PER_TRIGGER
 
 
 def _run_or_exit(fn, *args, **kwargs):
@@ -194,8 +195,10 @@ def simulate(source: str, path: str | None, events: int | None, seed: int, rate:
 @main.command("stream")
 @click.option("--mode", type=click.Choice(["available-now", "continuous"]), default="continuous",
               show_default=True, help="available-now: process what the topic holds, then stop.")
-@click.option("--max-offsets", type=int, default=None,
-              help="maxOffsetsPerTrigger: cap on records per micro-batch (all partitions).")
+@click.option("--max-offsets", type=int, default=DEFAULT_MAX_OFFSETS_PER_TRIGGER,
+              show_default=True,
+              help="maxOffsetsPerTrigger: cap on records per micro-batch (all partitions); "
+                   "0: no cap (a backlog becomes one batch).")
 @click.option("--trigger-seconds", type=float, default=2.0, show_default=True,
               help="Processing-time trigger interval (continuous mode).")
 @click.option("--sessions-every", type=float, default=None,
@@ -205,7 +208,7 @@ def simulate(source: str, path: str | None, events: int | None, seed: int, rate:
               help="Spark shuffle partitions = state store partitions of the aggregation "
                    "(fixed by the checkpoint at the first start). On local[2], 1 gives the "
                    "lowest latency, 2 the highest throughput.")
-def stream(mode: str, max_offsets: int | None, trigger_seconds: float,
+def stream(mode: str, max_offsets: int, trigger_seconds: float,
            sessions_every: float | None, shuffle_partitions: int) -> None:
     """Kafka -> Spark Structured Streaming -> MongoDB + lake (checkpoints under JOURNEY_DATA_DIR)."""
     from journey_assets.resources.spark import build_spark_session

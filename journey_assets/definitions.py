@@ -12,6 +12,11 @@ from journey_assets import k8s
 from journey_assets.assets.batch import build_batch_definitions
 from journey_assets.assets.dimensions import DIMENSION_CHECKS, dimension_tables
 from journey_assets.assets.ingestion import customer_events_topic, kafka_replay
+from journey_assets.assets.maintenance import (
+    lake_maintenance,
+    lake_maintenance_job,
+    lake_maintenance_schedule,
+)
 from journey_assets.assets.streaming import (
     streaming_catchup_job,
     streaming_job,
@@ -33,10 +38,12 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or Settings.from_env()
     batch = build_batch_definitions(settings)
     return dg.Definitions(
-        assets=[customer_events_topic, dimension_tables, streaming_pipeline, *batch.assets],
+        assets=[customer_events_topic, dimension_tables, streaming_pipeline, lake_maintenance,
+                *batch.assets],
         asset_checks=[*DIMENSION_CHECKS],
-        jobs=[kafka_replay, streaming_job, streaming_catchup_job, *batch.jobs],
-        schedules=[*batch.schedules],
+        jobs=[kafka_replay, streaming_job, streaming_catchup_job, lake_maintenance_job,
+              *batch.jobs],
+        schedules=[*batch.schedules, lake_maintenance_schedule],
         sensors=[streaming_supervisor],
         resources={**build_resources(settings), **k8s.deployment_resources(settings)},
         executor=executor_for(settings),

@@ -14,6 +14,9 @@ DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_MONGO_URI = "mongodb://127.0.0.1:27017/"
 DEFAULT_MONGO_DB = "journey"
 DEFAULT_TOPIC = "customer_events"
+#: Kafka records per streaming micro-batch (all partitions together) unless configured, in both
+#: modes: the driver's memory and a batch's duration stay the same whatever the backlog.
+DEFAULT_MAX_OFFSETS_PER_TRIGGER = 50_000
 
 
 def project_home() -> Path:

@@ -14,6 +14,7 @@ import pytest
 
 from journey_assets.assets.dimensions import DIMENSION_CHECKS, dimension_tables
 from journey_assets.assets.ingestion import TOPIC_ASSET_KEY, customer_events_topic, kafka_replay
+from journey_assets.lake import read_table_arrow
 from journey_assets.resources import build_resources
 from journey_assets.schema import CSV_COLUMNS, category_l1, validate_record
 from journey_assets.sources.synthetic import SyntheticConfig, generate_records
@@ -70,7 +71,8 @@ def test_checks_pass(materialized):
 
 
 def _table(resources, name: str) -> pd.DataFrame:
-    return pd.read_parquet(resources["lake"].dimension_path(name))
+    """The dimension's latest Delta version, read without Spark (delta-rs)."""
+    return read_table_arrow(resources["lake"].dimension_path(name)).to_table().to_pandas()
 
 
 def test_product_catalog_matches_pandas(materialized, expected_events):
@@ -134,7 +136,7 @@ def test_user_dimension_matches_python_twin(materialized, expected_events):
     assert got["country"].nunique() == 6
 
 
-def test_mongo_collections_mirror_parquet(materialized, mongo_db):
+def test_mongo_collections_mirror_the_lake(materialized, mongo_db):
     _, _, resources = materialized
     for name, key in (("product_catalog", "product_id"), ("category_hierarchy", "category_id"),
                       ("user_dimension", "user_id")):
@@ -143,7 +145,9 @@ def test_mongo_collections_mirror_parquet(materialized, mongo_db):
         assert len(docs) == len(table), name
         assert {d["_id"] for d in docs} == set(table[key]), name
     doc = mongo_db["user_dimension"].find_one({})
-    assert isinstance(doc["registration_date"], datetime)
+    # The serving layer's one rule: a DATE is ISO text, a TIMESTAMP a BSON date.
+    users = _table(resources, "user_dimension").set_index("user_id")
+    assert doc["registration_date"] == users.loc[doc["_id"], "registration_date"].isoformat()
     assert doc["first_seen"].tzinfo is not None and doc["first_seen"] < datetime(2019, 11, 1, tzinfo=UTC)
 
 

@@ -10,7 +10,7 @@ from kafka import KafkaProducer
 from pymongo.database import Database
 
 from journey_assets.definitions import build_definitions
-from journey_assets.resources.mongo import upsert_documents
+from journey_assets.serving import upsert_documents
 from journey_assets.settings import Settings
 
 

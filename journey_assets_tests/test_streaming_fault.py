@@ -1,4 +1,5 @@
-"""Fault tolerance: SIGKILL the streaming process mid-replay, restart, compare the final state.
+"""Fault tolerance: SIGKILL the streaming process mid-replay and at each write point of the
+streaming path, restart, compare the final lake and MongoDB state; a deleted checkpoint.
 
 The stream runs as a real subprocess (`journey stream --mode available-now` with a small
 maxOffsetsPerTrigger, so the replay spans many micro-batches). It is killed (whole process
@@ -13,6 +14,7 @@ behind the 10-minute watermark: the expected windows then do not depend on where
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,12 +22,15 @@ import time
 from pathlib import Path
 
 import pytest
+from deltalake import DeltaTable
 from pymongo.database import Database
 
+from journey_assets.lake import read_table_arrow
 from journey_assets.resources.kafka import ensure_topic
 from journey_assets.settings import Settings
 from journey_assets.sources.producer import produce
 from journey_assets.sources.synthetic import SyntheticConfig, generate_records
+from journey_assets.streaming.pipeline import target_from
 from journey_assets_tests.test_streaming import (  # noqa: F401 (fixtures)
     assert_matches_truth,
     compute_truth,
@@ -34,7 +39,7 @@ from journey_assets_tests.test_streaming import (  # noqa: F401 (fixtures)
     stream_settings,
 )
 
-MAX_OFFSETS = 1_000
+MAX_OFFSETS = 2_000
 
 
 def _env(settings: Settings) -> dict[str, str]:
@@ -62,17 +67,43 @@ def _committed(checkpoint: Path) -> int:
     return len([p for p in commits.iterdir() if p.name.isdigit()]) if commits.exists() else 0
 
 
+def _run_to_end(settings: Settings, log: Path, timeout: float = 600) -> None:
+    proc = _start(settings, log)
+    try:
+        assert proc.wait(timeout=timeout) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _lake_ids(settings: Settings, version: int | None = None) -> list[str]:
+    """The events table's event_ids, read without Spark (delta-rs): the independent side."""
+    table = read_table_arrow(target_from(settings).events_path, version)
+    return sorted(table.to_table(columns=["event_id"]).column("event_id").to_pylist())
+
+
+def _produce_case(settings: Settings, seed: int):
+    config = SyntheticConfig(n_events=5_000, seed=seed, days=1, duplicate_fraction=0.02,
+                             invalid_fraction=0.01)
+    records = list(generate_records(config))
+    ensure_topic(settings.kafka_bootstrap, settings.topic, partitions=1)
+    assert produce(records, settings.kafka_bootstrap, settings.topic,
+                   partitions=1, progress=False).sent == len(records)
+    return records, compute_truth(records, send_malformed(settings.kafka_bootstrap,
+                                                          settings.topic))
+
+
+def _assert_final_state(settings: Settings, db: Database, truth) -> None:
+    assert_matches_truth(db, truth)
+    assert _lake_ids(settings) == sorted(truth.events)
+    dead = read_table_arrow(target_from(settings).dead_letters_path).to_table(columns=["_id"])
+    assert dead.num_rows == truth.dead_letters
+
+
 @pytest.mark.slow  # two Spark process starts: ~4 min on 2 shared cores
 def test_sigkill_mid_replay_then_restart_equals_uninterrupted(
         stream_settings: Settings, stream_db: Database, tmp_path: Path) -> None:  # noqa: F811
-    config = SyntheticConfig(n_events=5_000, seed=11, days=1, duplicate_fraction=0.02,
-                             invalid_fraction=0.01)
-    records = list(generate_records(config))
-    ensure_topic(stream_settings.kafka_bootstrap, stream_settings.topic, partitions=1)
-    assert produce(records, stream_settings.kafka_bootstrap, stream_settings.topic,
-                   partitions=1, progress=False).sent == len(records)
-    truth = compute_truth(records, send_malformed(stream_settings.kafka_bootstrap,
-                                                  stream_settings.topic))
+    records, truth = _produce_case(stream_settings, seed=11)
     checkpoints = Path(stream_settings.data_dir) / "checkpoints"
 
     first = _start(stream_settings, tmp_path / "first.log")
@@ -91,11 +122,57 @@ def test_sigkill_mid_replay_then_restart_equals_uninterrupted(
     partial = stream_db.enriched_events.count_documents({})
     assert partial < len(truth.events)
 
-    second = _start(stream_settings, tmp_path / "second.log")
-    try:
-        assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-3000:]
-    finally:
-        if second.poll() is None:
-            os.killpg(second.pid, signal.SIGKILL)
+    _run_to_end(stream_settings, tmp_path / "second.log")
     assert _committed(checkpoints / "events") > done_before
-    assert_matches_truth(stream_db, truth)
+    _assert_final_state(stream_settings, stream_db, truth)
+
+
+#: Where the streaming process kills itself (JOURNEY_FAULT, see streaming/sinks.fault_point):
+#: during the Delta commit of batch 1, between the Delta commit and the MongoDB write of batch 1,
+#: during the MongoDB write of the enriched events (first chunk of the first batch).
+FAULT_POINTS = ("lake_commit:1", "after_lake:1", "mongo_write:enriched_events")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", FAULT_POINTS)
+def test_sigkill_at_a_write_point_then_restart_equals_uninterrupted(
+        fault: str, stream_settings: Settings, stream_db: Database,  # noqa: F811
+        tmp_path: Path) -> None:
+    _records, truth = _produce_case(stream_settings, seed=13)
+    log = tmp_path / "killed.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "journey_assets.cli", "stream", "--mode", "available-now",
+         "--max-offsets", str(MAX_OFFSETS)],
+        env={**_env(stream_settings), "JOURNEY_FAULT": fault}, stdout=log.open("w"),
+        stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        code = proc.wait(timeout=900)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert code == -signal.SIGKILL, f"the fault {fault} never fired:\n{log.read_text()[-3000:]}"
+    if fault.startswith("after_lake"):
+        # The lake holds batch 1, MongoDB does not have all of it yet.
+        assert len(_lake_ids(stream_settings)) > stream_db.enriched_events.count_documents({})
+
+    _run_to_end(stream_settings, tmp_path / "restart.log")
+    _assert_final_state(stream_settings, stream_db, truth)
+
+
+@pytest.mark.slow
+def test_deleted_checkpoint_keeps_lake_history_and_doubles_nothing(
+        stream_settings: Settings, stream_db: Database, tmp_path: Path) -> None:  # noqa: F811
+    _records, truth = _produce_case(stream_settings, seed=17)
+    _run_to_end(stream_settings, tmp_path / "first.log")
+    _assert_final_state(stream_settings, stream_db, truth)
+    events_path = target_from(stream_settings).events_path
+    version_before = DeltaTable(events_path).version()
+
+    shutil.rmtree(Path(stream_settings.data_dir) / "checkpoints")
+    _run_to_end(stream_settings, tmp_path / "again.log")  # re-reads the whole topic
+
+    _assert_final_state(stream_settings, stream_db, truth)  # nothing doubled
+    # History kept: every earlier version still reads as it did (no file of it was removed).
+    assert _lake_ids(stream_settings, version_before) == sorted(truth.events)
+    operations = {h["operation"] for h in DeltaTable(events_path).history()}
+    assert operations <= {"CREATE TABLE", "MERGE", "WRITE"}, operations

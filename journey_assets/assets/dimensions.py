@@ -1,24 +1,24 @@
 """Dimension assets: product_catalog, category_hierarchy, user_dimension.
 
 One multi-asset reads the topic once (Spark Kafka batch source) and builds whichever of the
-three are selected; each goes to Parquet (``lake.dimension_path(name)``, overwritten) and to the
-MongoDB collection of the same name (``_id`` = the key, idempotent upsert). Checks read the
-Parquet back (DuckDB) and assert the key is unique and never null.
+three are selected; each goes to a Delta table (``lake.dimension_path(name)``, overwritten: a
+new table version) and to the MongoDB collection of the same name (``_id`` = the key,
+idempotent upsert from the executors). Checks read the table back without Spark (delta-rs +
+DuckDB) and assert the key is unique and never null.
 """
 
 
 from collections.abc import Callable, Iterator
-from datetime import UTC, date, datetime, time
-from typing import Any
 
 import dagster as dg
 import duckdb
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import TimestampType
 
+from journey_assets import lake as delta_lake
 from journey_assets.assets.ingestion import TOPIC_ASSET_KEY, read_topic_events
 from journey_assets.resources import KafkaResource, LakeResource, MongoResource, SparkResource
+from journey_assets.serving import write_frame
 from journey_assets.transforms.dimensions import (
     CATEGORY_HIERARCHY,
     DIMENSION_KEYS,
@@ -48,35 +48,12 @@ DIMENSION_SPECS = [
         key=name,
         deps=[TOPIC_ASSET_KEY],
         description=_DESCRIPTIONS[name],
-        kinds={"spark", "parquet", "mongodb"},
+        kinds={"spark", "delta", "mongodb"},
         group_name=DIMENSIONS_GROUP,
         metadata={"key": DIMENSION_KEYS[name]},
     )
     for name in (PRODUCT_CATALOG, CATEGORY_HIERARCHY, USER_DIMENSION)
 ]
-
-
-def _bson_value(value: Any) -> Any:
-    # BSON has datetimes but no dates; timestamps are stored as UTC.
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, date):
-        return datetime.combine(value, time(0), tzinfo=UTC)
-    return value
-
-
-def dataframe_documents(df: DataFrame, key: str) -> Iterator[dict[str, Any]]:
-    """Rows as MongoDB documents with ``_id`` = the key. Timestamps travel as epoch
-    microseconds so they do not depend on the Python process's local time zone."""
-    ts_cols = [f.name for f in df.schema.fields if isinstance(f.dataType, TimestampType)]
-    exported = df.select(*(F.unix_micros(F.col(c)).alias(c) if c in ts_cols else F.col(c)
-                           for c in df.columns))
-    for row in exported.toLocalIterator():
-        doc = row.asDict()
-        for c in ts_cols:
-            if doc[c] is not None:
-                doc[c] = datetime.fromtimestamp(doc[c] / 1_000_000, UTC)
-        yield {"_id": doc[key], **{k: _bson_value(v) for k, v in doc.items()}}
 
 
 def _preview(df: DataFrame) -> str:
@@ -100,10 +77,13 @@ def dimension_tables(context: dg.AssetExecutionContext, spark: SparkResource,
             name = asset_key.path[-1]
             key = DIMENSION_KEYS[name]
             path = lake.dimension_path(name)
-            _BUILDERS[name](events).write.mode("overwrite").parquet(path)
-            table = session.read.parquet(path)  # write once, read the stored result back
+            delta_lake.overwrite_table(_BUILDERS[name](events), path)
+            version = delta_lake.table_version(session, path)
+            # write once, read the stored version back
+            table = delta_lake.read_table(session, path, version)
             rows = table.count()
-            written = mongo.upsert(name, dataframe_documents(table, key))
+            written = write_frame(table.withColumn("_id", F.col(key)), mongo.target,
+                                  name).written
             yield dg.MaterializeResult(
                 asset_key=asset_key,
                 metadata={
@@ -111,6 +91,7 @@ def dimension_tables(context: dg.AssetExecutionContext, spark: SparkResource,
                     "mongo_documents_written": written,
                     "source_events": n_events,
                     "path": dg.MetadataValue.path(path),
+                    "delta_version": version,
                     "preview": dg.MetadataValue.md(_preview(table)),
                 },
             )
@@ -119,11 +100,12 @@ def dimension_tables(context: dg.AssetExecutionContext, spark: SparkResource,
 
 
 def key_check_result(path: str, key: str) -> dg.AssetCheckResult:
-    """Is ``key`` unique and non-null in the Parquet table at ``path``?"""
+    """Is ``key`` unique and non-null in the latest version of the Delta table at ``path``?"""
+    dataset = delta_lake.read_table_arrow(path)  # noqa: F841 (DuckDB reads it by name)
     with duckdb.connect() as con:
         rows, distinct, nulls = con.execute(
             f"SELECT count(*), count(DISTINCT {key}), count(*) FILTER (WHERE {key} IS NULL) "
-            "FROM read_parquet(?)", [f"{path}/*.parquet"],
+            "FROM dataset",
         ).fetchone()  # type: ignore[misc]
     return dg.AssetCheckResult(
         passed=bool(rows > 0 and nulls == 0 and distinct == rows),

@@ -19,6 +19,7 @@ from journey_assets.streaming.pipeline import (
     run_stream,
     target_from_resources,
 )
+from journey_assets.settings import DEFAULT_MAX_OFFSETS_PER_TRIGGER
 from journey_assets.streaming.progress import DagsterProgressReporter
 from journey_assets.streaming.sinks import (
     CONVERSION_FUNNEL,
@@ -61,7 +62,8 @@ STREAMING_SPECS = [
 class StreamRunConfig(dg.Config):
     mode: str = CONTINUOUS
     trigger_seconds: float = 2.0
-    max_offsets_per_trigger: int | None = None
+    #: Kafka records per micro-batch (0: no cap); bounds the driver's memory and a batch.
+    max_offsets_per_trigger: int = DEFAULT_MAX_OFFSETS_PER_TRIGGER
     watermark: str = "10 minutes"
     sessions_every_seconds: float | None = None  # None: 300 s
     materialize_every_s: float = 30.0

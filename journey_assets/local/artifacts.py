@@ -17,6 +17,8 @@ from journey_assets.settings import project_home
 
 KAFKA_VERSION = "4.1.1"
 SPARK_KAFKA_CONNECTOR = "org.apache.spark:spark-sql-kafka-0-10_2.13"
+# Delta Lake for Spark 4.1; must equal the PyPI delta-spark pin (its Python API calls these jars).
+DELTA_SPARK = ("io.delta", "delta-spark_4.1_2.13", "4.4.0")
 # FerretDB v1.24.2 embedded in a small command of ours (see local/ferretdb/main.go for why).
 FERRETDB_SOURCE = Path(__file__).parent / "ferretdb"
 HELM_MODULE = "helm.sh/helm/v3/cmd/helm@v3.19.0"
@@ -71,6 +73,17 @@ def _pom(artifact_id: str, deps: list[tuple[str, str, str]]) -> str:
 """
 
 
+# Some POMs (Spark's parent) list extra repositories ahead of Maven Central; where those hosts
+# cannot be reached, resolution fails instead of falling back. Route every repository to Central.
+_MAVEN_SETTINGS = """<settings xmlns="http://maven.apache.org/SETTINGS/1.0.0">
+  <mirrors>
+    <mirror><id>central-only</id><mirrorOf>*</mirrorOf>
+      <url>https://repo.maven.apache.org/maven2</url></mirror>
+  </mirrors>
+</settings>
+"""
+
+
 def _maven_copy(name: str, deps: list[tuple[str, str, str]], dest: Path) -> Path:
     """Resolve ``deps`` with their runtime dependencies into ``dest`` (once)."""
     marker = dest / ".complete"
@@ -80,11 +93,13 @@ def _maven_copy(name: str, deps: list[tuple[str, str, str]], dest: Path) -> Path
     work = dest.parent / f".{name}-resolve"
     work.mkdir(parents=True, exist_ok=True)
     (work / "pom.xml").write_text(_pom(name, deps))
+    (work / "settings.xml").write_text(_MAVEN_SETTINGS)
     staging = work / "jars"
     shutil.rmtree(staging, ignore_errors=True)
     print(f"resolving {name} jars from Maven Central (first run only)...", flush=True)
     proc = subprocess.run(
-        [mvn, "-q", "-B", "dependency:copy-dependencies", f"-DoutputDirectory={staging}",
+        [mvn, "-q", "-B", "-s", "settings.xml", "dependency:copy-dependencies",
+         f"-DoutputDirectory={staging}",
          "-DincludeScope=runtime"],
         cwd=work, capture_output=True, text=True,
     )
@@ -113,7 +128,7 @@ def _jar_artifact(jar: Path) -> str:
 
 
 def spark_connector_jars(home: Path | None = None) -> list[Path]:
-    """Spark's Kafka source and what it needs beyond the pyspark wheel's own jars.
+    """Spark's Kafka source, Delta Lake, and what they need beyond the pyspark wheel's jars.
 
     ``JOURNEY_SPARK_JARS_DIR`` points at a folder that already holds them (the container image
     bakes them in); otherwise they are resolved once into ``.local/spark-jars``.
@@ -126,8 +141,10 @@ def spark_connector_jars(home: Path | None = None) -> list[Path]:
     home = home or project_home()
     version = pyspark.__version__
     group, artifact = SPARK_KAFKA_CONNECTOR.split(":")
-    folder = _maven_copy(f"spark-kafka-{version}", [(group, artifact, version)],
-                         home / "spark-jars" / version)
+    delta_version = DELTA_SPARK[2]
+    folder = _maven_copy(f"spark-{version}-delta-{delta_version}",
+                         [(group, artifact, version), DELTA_SPARK],
+                         home / "spark-jars" / f"{version}-delta-{delta_version}")
     # Drop what pyspark already ships (scala, slf4j, compression codecs...): two copies of a
     # class on the classpath is how version conflicts start.
     shipped = {_jar_artifact(j) for j in (Path(pyspark.__file__).parent / "jars").glob("*.jar")}

@@ -1,4 +1,4 @@
-"""Filesystem layout under ``JOURNEY_DATA_DIR``: the Parquet lake, checkpoints, models."""
+"""Filesystem layout under ``JOURNEY_DATA_DIR``: the Delta lake, checkpoints, models."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import dagster as dg
 
 
 class LakeResource(dg.ConfigurableResource):
-    """Paths of the lake (event history as Parquet), streaming checkpoints and saved models."""
+    """Paths of the Delta lake (``journey_assets.lake``), streaming checkpoints and models."""
 
     data_dir: str
 
@@ -18,8 +18,14 @@ class LakeResource(dg.ConfigurableResource):
 
     @property
     def events_path(self) -> str:
-        """Enriched events, partitioned by event_date: the history the batch assets replay."""
-        return str(self.root / "lake" / "enriched_events")
+        """Unique valid events, partitioned by event_date: the history the batch assets
+        replay (Delta)."""
+        return str(self.root / "lake" / "events")
+
+    @property
+    def dead_letters_path(self) -> str:
+        """Rejected records with their reason, partitioned by received_date (Delta)."""
+        return str(self.root / "lake" / "dead_letters")
 
     def dimension_path(self, name: str) -> str:
         return str(self.root / "lake" / "dimensions" / name)

@@ -17,7 +17,8 @@ def build_spark_session(
     master: str = "local[2]", app_name: str = "journey_assets", shuffle_partitions: int = 4,
     driver_memory: str = "4g", extra_conf: dict[str, str] | None = None,
 ) -> SparkSession:
-    """Get (or create) the process's Spark session with the Kafka connector on its classpath.
+    """Get (or create) the process's Spark session with the Kafka connector and Delta Lake on
+    its classpath.
 
     Connector jars are resolved once into ``.local/spark-jars`` (or come baked into the image),
     so starting a session needs no network.
@@ -43,6 +44,10 @@ def build_spark_session(
         .config("spark.scheduler.allocation.file", str(FAIR_SCHEDULER_FILE))
         .config("spark.sql.streaming.stateStore.providerClass",
                 "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider")
+        # The event lake is Delta Lake (journey_assets.lake).
+        .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+        .config("spark.sql.catalog.spark_catalog",
+                "org.apache.spark.sql.delta.catalog.DeltaCatalog")
     )
     for key, value in (extra_conf or {}).items():
         builder = builder.config(key, value)

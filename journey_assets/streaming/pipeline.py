@@ -18,11 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymongo import MongoClient
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
 from journey_assets.schema import EVENT_ID, EVENT_TIME
+from journey_assets.serving import MongoTarget
+from journey_assets.settings import DEFAULT_MAX_OFFSETS_PER_TRIGGER
 from journey_assets.streaming.sinks import (
     AggregationsSink,
     EventsSink,
@@ -60,8 +61,9 @@ class StreamOptions:
     #: the history, where seconds matter less than the cost per event: fewer, larger batches
     #: leave the cores to the aggregations query (the latency path) between them.
     events_trigger_seconds: float | None = None
-    #: Cap per micro-batch (all partitions together); None = everything available.
-    max_offsets_per_trigger: int | None = None
+    #: Cap per micro-batch (all partitions together), in both modes; 0 = everything available
+    #: (unbounded: a backlog becomes one batch).
+    max_offsets_per_trigger: int = DEFAULT_MAX_OFFSETS_PER_TRIGGER
     watermark: str = "10 minutes"
     #: Only used when a query has no checkpoint yet; afterwards the checkpoint decides.
     starting_offsets: str = "earliest"
@@ -99,6 +101,7 @@ class StreamTarget:
     mongo_uri: str
     mongo_db: str
     events_path: str
+    dead_letters_path: str
     product_path: str
     user_path: str
     checkpoint_root: str
@@ -166,7 +169,6 @@ class StreamingPipeline:
         self.stats = stats or SinkStats()
         self.sink_output: dict[tuple[str, int], dict[str, Any]] = {}
         self.queries: dict[str, StreamingQuery] = {}
-        self._client: MongoClient | None = None
         self._refresher: SessionRefresher | None = None
         self._events_sink: EventsSink | None = None
         self._reported: dict[str, int] = {}
@@ -177,18 +179,17 @@ class StreamingPipeline:
         self.sink_output[(query, batch_id)] = written
 
     def start(self) -> None:
-        self._client = MongoClient(self.target.mongo_uri, tz_aware=True)
-        db = self._client[self.target.mongo_db]
+        mongo = MongoTarget(self.target.mongo_uri, self.target.mongo_db,
+                            self.options.write_strategy)
         source = kafka_source(self.spark, self.target, self.options)
         self._refresher = SessionRefresher(
-            db, self.target.events_path, self.target.checkpoint(SESSIONS_STATE),
-            self.options.session_horizon_days, self.options.sessions_interval,
-            self.options.write_strategy, self.stats)
+            mongo, self.target.events_path, self.target.checkpoint(SESSIONS_STATE),
+            self.options.session_horizon_days, self.options.sessions_interval, self.stats)
         events_sink = self._events_sink = EventsSink(
-            db, self.target.events_path, self.target.product_path, self.target.user_path,
-            self._refresher, self.options.write_strategy, self.stats, self._record_sink)
-        aggregations_sink = AggregationsSink(db, self.options.write_strategy, self.stats,
-                                             self._record_sink)
+            mongo, self.target.events_path, self.target.dead_letters_path,
+            self.target.product_path, self.target.user_path, self._refresher, self.stats,
+            self._record_sink)
+        aggregations_sink = AggregationsSink(mongo, self.stats, self._record_sink)
         events_writer = (
             triage_events(parse_kafka_events(source)).writeStream.queryName(f"{EVENTS_QUERY}")
             .option("checkpointLocation", self.target.checkpoint(EVENTS_QUERY))
@@ -203,6 +204,8 @@ class StreamingPipeline:
         )
         self.queries[EVENTS_QUERY] = _trigger(events_writer, self.options,
                                               self.options.events_trigger).start()
+        # The query's id lives in its checkpoint: the lake's idempotent commits are keyed by it.
+        events_sink.set_app_id(str(self.queries[EVENTS_QUERY].id))
         self.queries[AGGREGATIONS_QUERY] = _trigger(aggregations_writer, self.options,
                                                     self.options.trigger_seconds).start()
 
@@ -266,9 +269,6 @@ class StreamingPipeline:
         self.stop_queries()
         if self._events_sink is not None:
             self._events_sink.close()
-        if self._client is not None:
-            self._client.close()
-            self._client = None
 
     def summary(self, seconds: float) -> StreamSummary:
         """Batches and rows reported by this pipeline object (one start)."""
@@ -362,6 +362,7 @@ def target_from_resources(kafka, mongo, lake) -> StreamTarget:
         bootstrap=kafka.bootstrap_servers, topic=kafka.topic,
         mongo_uri=mongo.uri, mongo_db=mongo.database,
         events_path=lake.events_path,
+        dead_letters_path=lake.dead_letters_path,
         product_path=lake.dimension_path("product_catalog"),
         user_path=lake.dimension_path("user_dimension"),
         checkpoint_root=str(lake.root / "checkpoints"),

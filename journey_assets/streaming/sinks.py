@@ -1,15 +1,18 @@
 """foreachBatch writers: every write is idempotent, so a replayed micro-batch changes nothing.
 
-* MongoDB: documents carry a deterministic ``_id`` and go through ``upsert_documents``.
-* The Parquet lake: a micro-batch's files are named after its batch id and replace any files
-  of an earlier attempt of the same batch (``write_lake_batch``), so a batch re-run after a
-  crash neither loses nor doubles rows; ``read_event_lake`` still drops duplicate event_ids.
-* Sessions and the funnel are recomputed from the lake (unique events) for the sessions in the
-  lake files written since the last refresh (``SessionRefresher``, every ``interval_s`` and at
-  the end of a run), so late or replayed events converge to the batch result instead of being
-  counted again, and the per-batch work stays small.
-* Within a batch, the MongoDB insert of the enriched events (FerretDB's CPU) overlaps with the
-  lake write (this process's CPU).
+Nothing of a micro-batch is collected to the driver: the Delta commits are Spark writes (data
+files written by executor tasks, the log by the driver), and the MongoDB documents are written
+by executor tasks (``serving.write_frame``). The driver keeps only counters.
+
+* The lake (``journey_assets.lake``): events and dead letters are MERGEd insert-only by their
+  key, inside a commit that carries ``(txnAppId, txnVersion) = (query id, batch id)``: a batch
+  re-run after a crash is skipped by Delta, an event read twice is stored once.
+* MongoDB: after the lake commit, documents with a deterministic ``_id`` go through
+  ``upsert_documents`` (insert-only for events: the ``_id`` hashes the event). A crash between
+  the two writes re-runs the batch: the lake part is skipped, the MongoDB part is redone.
+* Sessions and the funnel are recomputed from the lake (unique events) for the sessions the
+  commits since the last refresh inserted (the events table's change data feed), every
+  ``interval_s`` and at the end of a run.
 """
 
 from __future__ import annotations
@@ -17,28 +20,27 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import re
+import signal
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from pymongo.database import Database
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from journey_assets.resources.mongo import upsert_documents
+from journey_assets import lake
 from journey_assets.resources.spark import scheduler_pool
 from journey_assets.schema import EVENT_DATE, EVENT_ID, USER_SESSION
+from journey_assets.serving import FAULT_ENV, MongoTarget, WriteSummary, write_frame
 from journey_assets.transforms.events import (
-    DEAD_LETTER_COLUMNS,
+    LAKE_COLUMNS,
     REASON,
     SOURCE,
+    dead_letter_rows,
     join_dimensions,
     read_event_lake,
 )
@@ -58,291 +60,238 @@ CONVERSION_FUNNEL = "conversion_funnel"
 #: FAIR pools (resources/fair_scheduler.xml): latency-bound aggregations before bulk events.
 AGGREGATIONS_POOL = "aggregations"
 EVENTS_POOL = "events"
+RECEIVED_DATE = "received_date"
 
 
-def arrow_documents(table: pa.Table) -> list[dict[str, Any]]:
-    """Arrow rows as BSON-ready dicts: dates as ISO text (BSON has no date type), timestamps
-    as UTC datetimes (BSON dates), nulls as None."""
-    for i, column in enumerate(table.schema):
-        if pa.types.is_date(column.type):
-            table = table.set_column(i, column.name, table.column(i).cast(pa.string()))
-    return table.to_pylist()
+def fault_point(name: str, batch_id: int) -> None:
+    """Test hook: ``JOURNEY_FAULT=<name>:<batch>`` SIGKILLs this process group there.
 
-
-def frame_documents(frame: DataFrame) -> list[dict[str, Any]]:
-    """A (small, per-batch) frame as BSON-ready dicts, through Arrow (one Spark job)."""
-    return arrow_documents(frame.toArrow())
-
-
-_LAKE_FILE = re.compile(r"^stream-b(\d{12})-\d{4}\.parquet$")
-
-
-def write_lake_batch(table: pa.Table, events_path: str, batch_id: int) -> int:
-    """Write one micro-batch (an Arrow table with ``event_date``) to the lake, deterministically.
-
-    One file per event_date, ``event_date=D/stream-b<batch>-0000.parquet``, written under a
-    hidden temporary name and renamed (atomic per file on local or mounted filesystems), after
-    deleting any file an earlier attempt of the same batch left there: a batch re-run after a
-    crash neither loses nor doubles rows. Returns the number of files written.
+    ``lake_commit`` fires 0.3 s into the batch's Delta MERGE (data files being written, the
+    commit not yet made), ``after_lake`` between the Delta commit and the MongoDB write; the
+    serving layer has ``mongo_write:<collection>`` (after the first chunk of documents).
     """
-    root = Path(events_path)
-    prefix = f"stream-b{batch_id:012d}-"
-    days = table.column(EVENT_DATE)
-    body = table.drop_columns([EVENT_DATE])  # the partition directory carries it
-    written = 0
-    for day in sorted(pc.unique(days).to_pylist()):
-        target = root / f"{EVENT_DATE}={day.isoformat()}"
-        target.mkdir(parents=True, exist_ok=True)
-        for stale in target.glob(f"{prefix}*"):
-            stale.unlink()
-        staging = target / f".{prefix}0000.parquet.tmp"  # leading dot: readers skip it
-        pq.write_table(body.filter(pc.equal(days, day)), staging)
-        os.replace(staging, target / f"{prefix}0000.parquet")
-        written += 1
-    return written
-
-
-def lake_batch_files(events_path: str, after_batch: int) -> dict[int, list[Path]]:
-    """Streaming lake files of batches after ``after_batch``, by batch id."""
-    found: dict[int, list[Path]] = defaultdict(list)
-    root = Path(events_path)
-    if not root.exists():
-        return {}
-    for file in root.glob(f"{EVENT_DATE}=*/stream-b*.parquet"):
-        match = _LAKE_FILE.match(file.name)
-        if match and int(match.group(1)) > after_batch:
-            found[int(match.group(1))].append(file)
-    return dict(found)
+    wanted = os.environ.get(FAULT_ENV, "")
+    if wanted == f"{name}:{batch_id}":
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+    if wanted == f"lake_commit:{batch_id}" and name == "before_lake":
+        threading.Timer(0.3, os.killpg, (os.getpgid(0), signal.SIGKILL)).start()
 
 
 class SinkStats:
-    """Cumulative seconds and documents per sink (the benchmark reports the Mongo share)."""
+    """Cumulative seconds and documents per sink, and documents per writing executor."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self.documents: dict[str, int] = defaultdict(int)
+        self.writers: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self._lock = threading.Lock()
 
-    def timed_upsert(self, db: Database, collection: str, docs: list[dict[str, Any]],
-                     strategy: str, keep_existing: bool = False) -> int:
+    def timed_write(self, frame: DataFrame, target: MongoTarget, collection: str,
+                    **options: Any) -> int:
         start = time.perf_counter()
-        written = upsert_documents(db, collection, docs, strategy=strategy,
-                                   keep_existing=keep_existing) if docs else 0
-        self.seconds[f"mongo.{collection}"] += time.perf_counter() - start
-        self.documents[f"mongo.{collection}"] += written
-        return written
+        summary: WriteSummary = write_frame(frame, target, collection, **options)
+        with self._lock:
+            self.seconds[f"mongo.{collection}"] += time.perf_counter() - start
+            self.documents[f"mongo.{collection}"] += summary.written
+            for executor, n in summary.by_executor.items():
+                self.writers[collection][executor] += n
+        return summary.written
 
     def add_seconds(self, name: str, seconds: float) -> None:
-        self.seconds[name] += seconds
+        with self._lock:
+            self.seconds[name] += seconds
 
     def as_dict(self) -> dict[str, Any]:
-        return {"seconds": dict(self.seconds), "documents": dict(self.documents)}
+        return {"seconds": dict(self.seconds), "documents": dict(self.documents),
+                "writers": {c: dict(w) for c, w in self.writers.items()}}
 
 
-class _Dimension:
-    """A dimension table read once and read again only when its files change (the dimension
-    assets rewrite them); until it exists, enrichment goes on without it."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._signature: tuple | None = None
-        self._frame: DataFrame | None = None
-
-    def frame(self, spark: SparkSession) -> DataFrame | None:
-        root = Path(self.path)
-        files = sorted(root.rglob("*.parquet")) if root.exists() else []
-        signature = tuple((str(f), f.stat().st_mtime_ns) for f in files)
-        if signature != self._signature:
-            self._signature = signature
-            self._frame = spark.read.parquet(self.path) if files else None
-        return self._frame
+def _dimension(spark: SparkSession, path: str) -> DataFrame | None:
+    """The latest version of a dimension table, or None until its asset has written one."""
+    return lake.read_table(spark, path) if lake.is_table(spark, path) else None
 
 
 class SessionRefresher:
-    """Recompute ``user_session_analytics`` and ``conversion_funnel`` for the sessions in the
-    lake files written since the last refresh.
+    """Recompute ``user_session_analytics`` and ``conversion_funnel`` for the sessions the
+    events table's commits since the last refresh inserted (its change data feed).
 
-    The last refreshed batch id is kept in ``state_dir`` and written only after the upserts, so
-    after a crash the next refresh covers the same files again (the upserts are idempotent).
-    A session lasts at most ``horizon_days`` (sessions end after a 30-minute pause), so a
-    session holding an event of day D started on D-h..D and all its events lie within
-    D-h..D+h: reading those lake partitions gives complete sessions.
+    The last refreshed table version is kept in ``state_dir`` and written only after the
+    upserts, so after a crash the next refresh covers the same commits again (the upserts are
+    idempotent). A session lasts at most ``horizon_days`` (sessions end after a 30-minute
+    pause), so a session holding an event of day D started on D-h..D and all its events lie
+    within D-h..D+h: reading those lake partitions gives complete sessions.
     """
 
-    def __init__(self, db: Database, events_path: str, state_dir: str, horizon_days: int = 1,
-                 interval_s: float = 30.0, write_strategy: str = "auto",
+    def __init__(self, mongo: MongoTarget, events_path: str, state_dir: str,
+                 horizon_days: int = 1, interval_s: float = 30.0,
                  stats: SinkStats | None = None) -> None:
-        self.db = db
+        self.mongo = mongo
         self.events_path = events_path
         self.state_file = Path(state_dir) / "refreshed.json"
         self.horizon = horizon_days
         self.interval_s = interval_s
-        self.strategy = write_strategy
         self.stats = stats or SinkStats()
         self._last_run = time.monotonic()
 
     def due(self) -> bool:
         return time.monotonic() - self._last_run >= self.interval_s
 
-    def _refreshed_batch(self) -> int:
+    def _refreshed_version(self) -> int:
         if not self.state_file.exists():
             return -1
-        return int(json.loads(self.state_file.read_text())["last_batch"])
+        return int(json.loads(self.state_file.read_text())["last_version"])
 
-    def _mark(self, batch_id: int) -> None:
+    def _mark(self, version: int) -> None:
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         staging = self.state_file.with_suffix(".tmp")
-        staging.write_text(json.dumps({"last_batch": batch_id}))
+        staging.write_text(json.dumps({"last_version": version}))
         os.replace(staging, self.state_file)
 
     def refresh(self, spark: SparkSession) -> dict[str, int]:
         """Refresh now; returns documents written per collection ({} if nothing was new)."""
         self._last_run = time.monotonic()
-        pending = lake_batch_files(self.events_path, self._refreshed_batch())
-        if not pending:
+        if not lake.is_table(spark, self.events_path):
+            return {}
+        version = lake.table_version(spark, self.events_path)
+        after = self._refreshed_version()
+        if version <= after:
             return {}
         start = time.perf_counter()
-        files = [str(f) for batch in pending.values() for f in batch]
-        dates = sorted({dt.date.fromisoformat(Path(f).parent.name.split("=", 1)[1])
-                        for f in files})
-        touched = (spark.read.parquet(*files).select(USER_SESSION)
-                   .where(F.col(USER_SESSION).isNotNull()).distinct())
-        sessions, funnel = self._recompute(spark, touched, dates)
-        self.stats.add_seconds("sessions_recompute", time.perf_counter() - start)
-        written = {
-            USER_SESSION_ANALYTICS: self.stats.timed_upsert(self.db, USER_SESSION_ANALYTICS,
-                                                            sessions, self.strategy),
-            CONVERSION_FUNNEL: self.stats.timed_upsert(self.db, CONVERSION_FUNNEL, funnel,
-                                                       self.strategy),
-        }
-        self._mark(max(pending))
+        inserted = (lake.read_inserted_since(spark, self.events_path, after)
+                    .where(F.col("_commit_version") <= version)
+                    .select(USER_SESSION, EVENT_DATE).persist())
+        try:
+            dates = sorted(r[0] for r in inserted.select(EVENT_DATE).distinct().collect())
+            touched = (inserted.select(USER_SESSION).where(F.col(USER_SESSION).isNotNull())
+                       .distinct())
+            written = self._recompute(spark, touched, dates, version) if dates else {}
+        finally:
+            inserted.unpersist()
+        self.stats.add_seconds("sessions_refresh", time.perf_counter() - start)
+        self._mark(version)
         return written
 
     def _recompute(self, spark: SparkSession, touched: DataFrame, dates: list[dt.date],
-                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+                   version: int) -> dict[str, int]:
         first = min(dates) - dt.timedelta(days=self.horizon)
         last = max(dates) + dt.timedelta(days=self.horizon)
-        # Both results read the same unique events: read and de-duplicate the lake once.
+        # Both results read the same unique events: read the lake once.
         history = read_event_lake(spark, self.events_path, first.isoformat(),
-                                  last.isoformat()).persist()
+                                  last.isoformat(), version=version).persist()
         try:
             # Full metrics (with the pandas-UDF score) only for the touched sessions; the
             # funnel needs every session of its days, but only their counts.
-            session_docs = frame_documents(session_documents(session_metrics(
-                history.join(F.broadcast(touched), USER_SESSION, "left_semi"))))
+            sessions = session_documents(session_metrics(
+                history.join(F.broadcast(touched), USER_SESSION, "left_semi")))
             days = sorted({(d - dt.timedelta(days=k)).isoformat()
                            for d in dates for k in range(self.horizon + 1)})
-            funnel = conversion_funnel(session_metrics(history, with_quality_score=False)
-                                       .where(F.col(SESSION_DATE).isin(days)))
-            funnel_docs = frame_documents(funnel_documents(funnel))
+            funnel = funnel_documents(conversion_funnel(
+                session_metrics(history, with_quality_score=False)
+                .where(F.col(SESSION_DATE).isin(days))))
+            return {
+                USER_SESSION_ANALYTICS: self.stats.timed_write(sessions, self.mongo,
+                                                               USER_SESSION_ANALYTICS),
+                CONVERSION_FUNNEL: self.stats.timed_write(funnel, self.mongo,
+                                                          CONVERSION_FUNNEL),
+            }
         finally:
             history.unpersist()
-        return session_docs, funnel_docs
 
 
 class EventsSink:
-    """foreachBatch of the ``events`` query (rows of ``triage_events``): dead letters, enriched
-    events (MongoDB and the lake, overlapped), then - when due - the session/funnel refresh,
-    which reads the lake."""
+    """foreachBatch of the ``events`` query (rows of ``triage_events``): the lake commit
+    (events and dead letters), then the MongoDB documents, then - when due - the
+    session/funnel refresh, which reads the lake.
 
-    def __init__(self, db: Database, events_path: str, product_path: str, user_path: str,
-                 refresher: SessionRefresher, write_strategy: str = "auto",
+    ``app_id`` is the query's id (Spark keeps it in the checkpoint): the pipeline hands it over
+    once ``start()`` returns, which may be after the first batch has begun.
+    """
+
+    def __init__(self, mongo: MongoTarget, events_path: str, dead_letters_path: str,
+                 product_path: str, user_path: str, refresher: SessionRefresher,
                  stats: SinkStats | None = None,
                  on_batch: Callable[[str, int, dict[str, Any]], None] | None = None) -> None:
-        self.db = db
+        self.mongo = mongo
         self.events_path = events_path
-        self.products = _Dimension(product_path)
-        self.users = _Dimension(user_path)
+        self.dead_letters_path = dead_letters_path
+        self.product_path = product_path
+        self.user_path = user_path
         self.refresher = refresher
-        self.strategy = write_strategy
         self.stats = stats or SinkStats()
         self.on_batch = on_batch
-        # One writer thread: MongoDB inserts run there while this thread writes the lake.
-        self._mongo = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mongo-sink")
+        self._app_id: str | None = None
+        self._app_id_ready = threading.Event()
+
+    def set_app_id(self, query_id: str) -> None:
+        self._app_id = f"journey-events-{query_id}"
+        self._app_id_ready.set()
 
     def close(self) -> None:
-        self._mongo.shutdown(wait=True)
+        pass
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
-        scheduler_pool(batch.sparkSession, EVENTS_POOL)
-        out = self._write(batch.sparkSession, batch, batch_id)
+        spark = batch.sparkSession
+        scheduler_pool(spark, EVENTS_POOL)
+        if not self._app_id_ready.wait(timeout=120):
+            raise RuntimeError("the events query's id never reached its sink")
+        triaged = batch.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            out = self._write(spark, triaged, batch_id)
+        finally:
+            triaged.unpersist()
         if self.refresher.due():
-            out.update(self.refresher.refresh(batch.sparkSession))
+            out.update(self.refresher.refresh(spark))
         if self.on_batch is not None:
             self.on_batch("events", batch_id, out)
 
-    def _write(self, spark: SparkSession, batch: DataFrame, batch_id: int) -> dict[str, Any]:
-        # The batch is triaged already (``triage_events`` in the query: its expression tree is
-        # built once, not per micro-batch over py4j). One Spark job (one read of the Kafka
-        # offsets, one parse) for both outputs; the rest works on the Arrow table here.
-        table = join_dimensions(batch, self.products.frame(spark),
-                                self.users.frame(spark)).toArrow()
-        rejected = pc.is_valid(table.column(REASON))
-        dead = arrow_documents(
-            table.filter(rejected).select(list(DEAD_LETTER_COLUMNS))
-            .rename_columns(["_id", *DEAD_LETTER_COLUMNS[1:]]))
-        for doc in dead:  # source as a sub-document {topic, partition, offset}
-            doc[SOURCE] = _source_dict(doc[SOURCE])
-        out: dict[str, Any] = {
-            DEAD_LETTER_EVENTS: self.stats.timed_upsert(self.db, DEAD_LETTER_EVENTS, dead,
-                                                        self.strategy)}
+    def _write(self, spark: SparkSession, triaged: DataFrame, batch_id: int) -> dict[str, Any]:
+        # Exact duplicates within the batch collapse here (MERGE inserts every unmatched source
+        # row); across batches the lake's insert-only MERGE and MongoDB's _id make a repeat a
+        # no-op.
+        events = (triaged.where(F.col(REASON).isNull()).select(*LAKE_COLUMNS)
+                  .dropDuplicates([EVENT_ID]).persist(StorageLevel.MEMORY_AND_DISK))
+        dead = dead_letter_rows(triaged).withColumn(RECEIVED_DATE, F.to_date("received_at"))
+        try:
+            start = time.perf_counter()
+            fault_point("before_lake", batch_id)
+            lake.insert_new_rows(spark, self.events_path, events, EVENT_ID, EVENT_DATE,
+                                 self._app_id, batch_id, lake.EVENTS_TABLE_PROPERTIES)
+            lake.insert_new_rows(spark, self.dead_letters_path, dead, "_id", RECEIVED_DATE,
+                                 self._app_id, batch_id)
+            self.stats.add_seconds("lake", time.perf_counter() - start)
+            fault_point("after_lake", batch_id)
 
-        # Exact duplicates within the batch collapse here; across batches the event_id _id
-        # (Mongo) and the lake's dedup-on-read make a repeat a no-op.
-        enriched = first_per_key(
-            table.filter(pc.invert(rejected)).drop_columns(list(DEAD_LETTER_COLUMNS)), EVENT_ID)
-        if enriched.num_rows == 0:
-            out[ENRICHED_EVENTS] = 0
-            return out
-        with_ids = enriched.append_column("_id", enriched.column(EVENT_ID))
-        inserted = self._mongo.submit(
-            # An event's _id is its content hash: a repeat (a duplicate row in a later batch,
-            # a replayed batch) is the same event, already written - keep it.
-            lambda: self.stats.timed_upsert(self.db, ENRICHED_EVENTS,
-                                            arrow_documents(with_ids), self.strategy,
-                                            keep_existing=True))
-        start = time.perf_counter()
-        write_lake_batch(enriched, self.events_path, batch_id)
-        self.stats.add_seconds("lake", time.perf_counter() - start)
-        start = time.perf_counter()
-        out[ENRICHED_EVENTS] = inserted.result()
-        self.stats.add_seconds("mongo_wait", time.perf_counter() - start)
-        return out
-
-
-def first_per_key(table: pa.Table, key: str) -> pa.Table:
-    """The first row of each distinct ``key``, in table order (an Arrow drop-duplicates)."""
-    if table.num_rows == 0:
-        return table
-    position = "_position"
-    numbered = table.append_column(position, pa.array(range(table.num_rows), pa.int64()))
-    first = numbered.group_by(key, use_threads=False).aggregate([(position, "min")])
-    positions = first.column(f"{position}_min")
-    return table.take(pc.take(positions, pc.sort_indices(positions)))
-
-
-def _source_dict(source_json: str | None) -> dict[str, Any] | None:
-    return None if source_json is None else json.loads(source_json)
+            enriched = join_dimensions(events, _dimension(spark, self.product_path),
+                                       _dimension(spark, self.user_path))
+            return {
+                DEAD_LETTER_EVENTS: self.stats.timed_write(
+                    dead.drop(RECEIVED_DATE), self.mongo, DEAD_LETTER_EVENTS,
+                    json_fields=(SOURCE,)),
+                # An event's _id is its content hash: a repeat is the same event - keep it.
+                ENRICHED_EVENTS: self.stats.timed_write(
+                    enriched.withColumn("_id", F.col(EVENT_ID)), self.mongo, ENRICHED_EVENTS,
+                    keep_existing=True),
+            }
+        finally:
+            events.unpersist()
 
 
 class AggregationsSink:
     """foreachBatch of the ``aggregations`` query (update mode, rows of
-    ``aggregation_documents``): upsert the changed groups.
+    ``aggregation_documents``): upsert the changed groups from the executors.
 
     Update mode re-emits a group with its full current value whenever it changes, so an
     upsert by the deterministic _id leaves the latest (final, once the watermark passes) value.
     """
 
-    def __init__(self, db: Database, write_strategy: str = "auto",
-                 stats: SinkStats | None = None,
+    def __init__(self, mongo: MongoTarget, stats: SinkStats | None = None,
                  on_batch: Callable[[str, int, dict[str, Any]], None] | None = None) -> None:
-        self.db = db
-        self.strategy = write_strategy
+        self.mongo = mongo
         self.stats = stats or SinkStats()
         self.on_batch = on_batch
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         scheduler_pool(batch.sparkSession, AGGREGATIONS_POOL)
-        docs = frame_documents(batch)  # shaped as documents in the query already
-        written = self.stats.timed_upsert(self.db, EVENT_AGGREGATIONS, docs, self.strategy)
+        written = self.stats.timed_write(batch, self.mongo, EVENT_AGGREGATIONS)
         if self.on_batch is not None:
             self.on_batch("aggregations", batch_id, {EVENT_AGGREGATIONS: written})

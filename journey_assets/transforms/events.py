@@ -134,6 +134,12 @@ def triage_events(parsed: DataFrame) -> DataFrame:
     return with_event_keys(marked)
 
 
+def dead_letter_rows(triaged: DataFrame) -> DataFrame:
+    """The rejected rows of a ``triage_events`` frame as ``dead_letter_events`` rows."""
+    return triaged.where(F.col(REASON).isNotNull()).select(
+        F.col(DEAD_LETTER_ID).alias("_id"), *DEAD_LETTER_COLUMNS[1:])
+
+
 def with_event_keys(events: DataFrame) -> DataFrame:
     """Add event_id (hash of the nine fields), event_date, category_l1 and price_tier."""
     return events.select(
@@ -180,21 +186,31 @@ def enrich_events(events: DataFrame, products: DataFrame | None = None,
     return join_dimensions(with_event_keys(events), products, users)
 
 
-def write_event_lake(enriched: DataFrame, path: str) -> None:
-    """Append enriched events to the Parquet lake, partitioned by event_date.
+#: The columns of the events table (``with_event_keys`` over the nine fields).
+LAKE_COLUMNS = (*CSV_COLUMNS, EVENT_ID, EVENT_DATE, CATEGORY_L1, PRICE_TIER)
 
-    Callers deduplicate first; the lake's readers also drop duplicate event_ids, so a replayed
-    micro-batch that appends twice still counts once (see ``read_event_lake``).
-    """
-    enriched.write.mode("append").partitionBy(EVENT_DATE).parquet(path)
+
+def write_event_lake(events: DataFrame, path: str, app_id: str | None = None,
+                     version: int | None = None) -> None:
+    """Insert events (``with_event_keys`` columns) into the Delta events table, insert-only
+    by event_id: events the table holds already, and repeats within ``events``, are skipped.
+    ``app_id``/``version``: an idempotent commit (see ``lake.insert_new_rows``)."""
+    from journey_assets import lake
+
+    unique = events.select(*LAKE_COLUMNS).dropDuplicates([EVENT_ID])
+    lake.insert_new_rows(events.sparkSession, path, unique, EVENT_ID, EVENT_DATE, app_id,
+                         version, lake.EVENTS_TABLE_PROPERTIES)
 
 
 def read_event_lake(spark, path: str, start_date: str | None = None,
-                    end_date: str | None = None) -> DataFrame:
-    """Unique events of the lake, pruned to ``[start_date, end_date]`` by partition."""
-    df = spark.read.parquet(path)
+                    end_date: str | None = None, version: int | None = None) -> DataFrame:
+    """The lake's events (unique by event_id: the table is written insert-only), pruned to
+    ``[start_date, end_date]`` by partition, as of table ``version`` (None: the latest)."""
+    from journey_assets import lake
+
+    df = lake.read_table(spark, path, version)
     if start_date is not None:
         df = df.where(F.col(EVENT_DATE) >= F.lit(start_date).cast("date"))
     if end_date is not None:
         df = df.where(F.col(EVENT_DATE) <= F.lit(end_date).cast("date"))
-    return df.dropDuplicates([EVENT_ID])
+    return df

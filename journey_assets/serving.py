@@ -1,0 +1,278 @@
+"""The MongoDB serving layer: one DataFrame -> document rule, one writer (no Dagster here).
+
+Documents are written where Spark's data is: ``write_frame`` runs the writes inside executor
+tasks (``mapInArrow``), partition by partition, with one long-lived ``MongoClient`` per executor
+Python worker; the driver only receives one small summary row per partition. Adding executors
+adds write throughput, and no micro-batch or partition passes through the driver.
+
+The one rule for values (``arrow_documents``):
+
+* TIMESTAMP columns become BSON dates (UTC instants, millisecond precision);
+* DATE columns become ISO text ``YYYY-MM-DD`` (BSON has no calendar-day type; a midnight-UTC
+  date would read as an instant, and the text sorts and compares like the day);
+* nulls are stored as null; structs as sub-documents, arrays as arrays;
+* ``json_fields``: text columns holding JSON (a dead letter's ``source``) become sub-documents.
+
+Every write is idempotent: a document carries a deterministic ``_id`` and is written with
+``upsert_documents`` (replace-by-``_id``, or insert-only with ``keep_existing``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from pymongo import MongoClient, ReplaceOne
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError
+from pyspark.sql import DataFrame
+
+DEFAULT_BATCH_SIZE = 2_000
+# FerretDB v1.24 (SQLite) stalls on one update command that matches more than ~100 existing
+# documents, and is 10-50x slower at upserts than at inserts: on FerretDB we write a batch as
+# "delete these _ids, insert these documents" instead. Both strategies are idempotent.
+_DUPLICATE_KEY = 11000
+REPLACE = "replace"
+DELETE_INSERT = "delete_insert"
+KEEP_EXISTING = "keep_existing"  # insert-only (upsert_documents(keep_existing=True))
+#: Client timeouts: a hung server fails a write instead of blocking a task forever.
+SERVER_SELECTION_TIMEOUT_MS = 10_000
+SOCKET_TIMEOUT_MS = 120_000
+CONNECT_TIMEOUT_MS = 10_000
+
+#: Test hook: ``JOURNEY_FAULT=mongo_write:<collection>`` kills this process group right after
+#: the first chunk of that collection is written (a crash in the middle of a MongoDB write).
+FAULT_ENV = "JOURNEY_FAULT"
+
+
+# -- documents ------------------------------------------------------------------------------
+def arrow_documents(table: pa.Table | pa.RecordBatch,
+                    json_fields: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Arrow rows as BSON-ready dicts, by the module's one rule for values."""
+    if isinstance(table, pa.RecordBatch):
+        table = pa.Table.from_batches([table])
+    for i, column in enumerate(table.schema):
+        if pa.types.is_date(column.type):
+            table = table.set_column(i, column.name, table.column(i).cast(pa.string()))
+    docs = table.to_pylist()
+    for name in json_fields:
+        for doc in docs:
+            if doc.get(name) is not None:
+                doc[name] = json.loads(doc[name])
+    return docs
+
+
+# -- writing --------------------------------------------------------------------------------
+def mongo_client(uri: str, app_name: str | None = None) -> MongoClient:
+    """A client with timeouts on every operation (never an endless wait on a hung server)."""
+    return MongoClient(uri, tz_aware=True, appname=app_name,
+                       serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
+                       connectTimeoutMS=CONNECT_TIMEOUT_MS, socketTimeoutMS=SOCKET_TIMEOUT_MS)
+
+
+def is_ferretdb(db: Database) -> bool:
+    return "ferretdbVersion" in db.client.admin.command("buildInfo")
+
+
+def write_strategy_for(db: Database, strategy: str = "auto") -> str:
+    if strategy == "auto":
+        return DELETE_INSERT if is_ferretdb(db) else REPLACE
+    if strategy not in (REPLACE, DELETE_INSERT):
+        raise ValueError(f"unknown Mongo write strategy {strategy!r}: auto, replace or delete_insert")
+    return strategy
+
+
+def upsert_documents(
+    db: Database, collection: str, documents: Iterable[Mapping[str, Any]],
+    batch_size: int = DEFAULT_BATCH_SIZE, strategy: str = "auto", keep_existing: bool = False,
+) -> int:
+    """Write each document under its deterministic ``_id``, replacing any earlier version.
+
+    Replaying the same documents changes nothing. Returns how many documents were written.
+    ``keep_existing``: an ``_id`` that is taken keeps its document and nothing is replaced -
+    for documents that are their ``_id`` (an enriched event: the ``_id`` hashes the event), a
+    repeat is the same event, and skipping it spares FerretDB's delete, which scans the whole
+    collection.
+    """
+    chosen = KEEP_EXISTING if keep_existing else write_strategy_for(db, strategy)
+    coll = db[collection]
+    written = 0
+    existing: list[dict[str, Any]] = []  # delete_insert: documents whose _id was taken
+    batch: list[dict[str, Any]] = []
+    for doc in documents:
+        if "_id" not in doc:
+            raise ValueError(f"document for {collection!r} has no deterministic _id: {doc!r}")
+        batch.append(dict(doc))
+        if len(batch) >= batch_size:
+            written += _flush(coll, batch, chosen, existing)
+            _fault_point(collection)
+            batch = []
+    if batch:
+        written += _flush(coll, batch, chosen, existing)
+        _fault_point(collection)
+    if existing:
+        _replace_existing(coll, existing, batch_size)
+    return written
+
+
+def _fault_point(collection: str) -> None:
+    if os.environ.get(FAULT_ENV) == f"mongo_write:{collection}":
+        import signal
+
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+def _flush(coll: Collection, batch: list[dict[str, Any]], strategy: str,
+           existing: list[dict[str, Any]]) -> int:
+    # Within a batch the last version of an _id wins, as it would with sequential replaces.
+    unique = list({doc["_id"]: doc for doc in batch}.values())
+    if strategy == KEEP_EXISTING:
+        return len(unique) - len(_insert_new(coll, unique))
+    if strategy == DELETE_INSERT:
+        existing.extend(_insert_new(coll, unique))
+        return len(unique)
+    ops = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in unique]
+    result = coll.bulk_write(ops, ordered=False)
+    return result.upserted_count + result.matched_count
+
+
+def _insert_new(coll: Collection, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Insert all; return the documents whose ``_id`` already existed (not written yet)."""
+    try:
+        coll.insert_many(docs, ordered=False)
+        return []
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if any(err.get("code") != _DUPLICATE_KEY for err in errors):
+            raise
+        return [docs[err["index"]] for err in errors]
+
+
+def _replace_existing(coll: Collection, docs: list[dict[str, Any]], batch_size: int) -> None:
+    """Delete the earlier versions, insert the new ones: ONE delete for the whole call.
+
+    FerretDB answers any delete (by ``$in``, or one ``_id``) with a scan of the whole
+    collection, so the cost is per delete command, nearly whatever the number of ids: the
+    documents of all chunks are collected and replaced together. If a later chunk repeats an
+    _id of an earlier one, the later version wins, as with sequential replaces.
+    """
+    latest = list({doc["_id"]: doc for doc in docs}.values())
+    coll.delete_many({"_id": {"$in": [doc["_id"] for doc in latest]}})
+    for start in range(0, len(latest), batch_size):
+        coll.insert_many(latest[start:start + batch_size], ordered=False)
+
+
+# -- the executor-side writer ---------------------------------------------------------------
+@dataclass(frozen=True)
+class MongoTarget:
+    """Where documents go; picklable, so executor tasks receive it with the function."""
+
+    uri: str
+    database: str
+    write_strategy: str = "auto"
+
+
+#: One client per (executor Python worker process, URI); workers are reused across tasks.
+_CLIENTS: dict[str, MongoClient] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def executor_id() -> str:
+    """The Spark executor this process works for ("driver" in local mode).
+
+    A Python worker descends from its executor's JVM; on Kubernetes the executor pod's
+    environment names it, on a local or standalone cluster the JVM's command line does.
+    """
+    if os.environ.get("SPARK_EXECUTOR_ID"):
+        return os.environ["SPARK_EXECUTOR_ID"]
+    pid = os.getppid()
+    for _ in range(4):  # worker -> daemon -> executor JVM
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"--executor-id" in args:
+                return args[args.index(b"--executor-id") + 1].decode()
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            pid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return "driver"
+
+
+_STRATEGIES: dict[str, str] = {}
+
+
+def _executor_strategy(db: Database, uri: str, strategy: str) -> str:
+    """``write_strategy_for``, probed once per worker and URI instead of once per batch."""
+    if strategy != "auto":
+        return strategy
+    with _CLIENTS_LOCK:
+        known = _STRATEGIES.get(uri)
+    if known is None:
+        known = _STRATEGIES[uri] = write_strategy_for(db, "auto")
+    return known
+
+
+def _executor_client(uri: str) -> MongoClient:
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(uri)
+        if client is None:
+            client = _CLIENTS[uri] = mongo_client(
+                uri, app_name=f"journey-executor-{executor_id()}-{os.getpid()}")
+        return client
+
+
+SUMMARY_SCHEMA = "executor string, pid long, collection string, rows long, written long"
+
+
+@dataclass
+class WriteSummary:
+    """What one ``write_frame`` call wrote, by executor (rows seen, documents written)."""
+
+    collection: str
+    rows: int = 0
+    written: int = 0
+    by_executor: dict[str, int] = field(default_factory=dict)
+
+
+def write_frame(frame: DataFrame, target: MongoTarget, collection: str,
+                keep_existing: bool = False, json_fields: Sequence[str] = (),
+                batch_size: int = DEFAULT_BATCH_SIZE) -> WriteSummary:
+    """Write the rows of ``frame`` (one column ``_id``) to ``collection`` from the executors.
+
+    Each task converts its partition's Arrow batches with ``arrow_documents`` and writes them
+    with ``upsert_documents``; the driver collects one summary row per task.
+    """
+    if "_id" not in frame.columns:
+        raise ValueError(f"rows for {collection!r} need an _id column: {frame.columns}")
+
+    def write_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        db = _executor_client(target.uri)[target.database]
+        strategy = (target.write_strategy if keep_existing
+                    else _executor_strategy(db, target.uri, target.write_strategy))
+        rows = written = 0
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            rows += batch.num_rows
+            written += upsert_documents(db, collection, arrow_documents(batch, json_fields),
+                                        batch_size=batch_size, strategy=strategy,
+                                        keep_existing=keep_existing)
+        yield pa.RecordBatch.from_pydict({
+            "executor": [executor_id()], "pid": [os.getpid()], "collection": [collection],
+            "rows": [rows], "written": [written]})
+
+    summary = WriteSummary(collection)
+    for row in frame.mapInArrow(write_partition, SUMMARY_SCHEMA).collect():
+        summary.rows += row["rows"]
+        summary.written += row["written"]
+        if row["rows"]:
+            summary.by_executor[row["executor"]] = (
+                summary.by_executor.get(row["executor"], 0) + row["written"])
+    return summary
