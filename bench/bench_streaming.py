@@ -37,9 +37,9 @@ from pymongo import MongoClient
 
 from journey_assets.local.stack import LocalStack
 from journey_assets.resources.kafka import ensure_topic
-from journey_assets.serving import upsert_documents
 from journey_assets.resources.spark import build_spark_session
 from journey_assets.schema import TIME_FORMAT_PY, category_l1, event_id, validate_record
+from journey_assets.serving import upsert_documents
 from journey_assets.settings import Settings
 from journey_assets.sources.producer import encode_record, produce
 from journey_assets.sources.synthetic import SyntheticConfig, generate_records

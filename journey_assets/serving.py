@@ -126,7 +126,13 @@ def _fault_point(collection: str) -> None:
     if os.environ.get(FAULT_ENV) == f"mongo_write:{collection}":
         import signal
 
-        os.killpg(os.getpgid(0), signal.SIGKILL)
+        # A Python worker runs in a process group of its own: kill the JVM's (the driver's).
+        pid = os.getpid()
+        for _ in range(4):
+            if Path(f"/proc/{pid}/exe").resolve().name == "java":
+                break
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        os.killpg(os.getpgid(pid), signal.SIGKILL)
 
 
 def _flush(coll: Collection, batch: list[dict[str, Any]], strategy: str,
@@ -167,6 +173,20 @@ def _replace_existing(coll: Collection, docs: list[dict[str, Any]], batch_size: 
     coll.delete_many({"_id": {"$in": [doc["_id"] for doc in latest]}})
     for start in range(0, len(latest), batch_size):
         coll.insert_many(latest[start:start + batch_size], ordered=False)
+
+
+# -- partitions ----------------------------------------------------------------------------
+#: Field stamped on every document of a partition write: the materialization that wrote it.
+RUN_MARKER = "_run"
+
+
+def delete_stale(db: Database, collection: str, partition_filter: Mapping[str, Any],
+                 marker: str) -> int:
+    """Delete the partition's documents that the write stamped ``marker`` did not touch.
+
+    One command of constant size whatever the partition's size (no list of kept ids)."""
+    result = db[collection].delete_many({**partition_filter, RUN_MARKER: {"$ne": marker}})
+    return result.deleted_count
 
 
 # -- the executor-side writer ---------------------------------------------------------------

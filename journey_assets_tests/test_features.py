@@ -12,8 +12,8 @@ from datetime import date, timedelta
 import numpy as np
 import pandas as pd
 import pytest
-from pyspark.sql import functions as F
 
+from journey_assets.lake import read_table_arrow
 from journey_assets.schema import RAW_SCHEMA, event_id, validate_record
 from journey_assets.sources.synthetic import SyntheticConfig, generate_records
 from journey_assets.transforms.events import (
@@ -183,19 +183,19 @@ def test_features_equal_pandas_on_synthetic(synthetic, as_of, lookback):
     assert funnel["users_with_purchase"] == int((expected["purchases"] > 0).sum())
 
 
-def test_features_dedupe_a_raw_lake_window(synthetic, spark, tmp_path):
-    """The feature assets read the lake without ``read_event_lake``'s dedupe
-    (``read_lake_window``): ``build_user_features`` must drop duplicate event_ids itself, as
-    when a replayed micro-batch appended the same events twice."""
+def test_replayed_lake_writes_store_each_event_once(synthetic, spark, tmp_path):
+    """The Delta events table is insert-only by event_id: a replayed write (the same events
+    again) adds nothing, and the features built from it equal pandas on the unique events."""
     events, reference = synthetic
     lake = str(tmp_path / "lake")
     write_event_lake(events, lake)
-    write_event_lake(events.sample(fraction=0.3, seed=1), lake)  # replayed: duplicates
+    write_event_lake(events.sample(fraction=0.3, seed=1), lake)  # replayed
+    stored = read_table_arrow(lake).to_table(columns=["event_id"]).column("event_id")
+    assert len(stored) == len(set(stored.to_pylist())) == events.select("event_id").distinct().count()
     as_of, lookback = date(2019, 10, 20), 30
     start, end = window_bounds(as_of, lookback)
-    raw = read_lake_window(spark, lake, start, end)
-    assert raw.count() > events.where(F.col("event_date") <= F.lit(end)).count()
-    actual = build_user_features(raw, as_of, lookback).toPandas()
+    actual = build_user_features(read_lake_window(spark, lake, start, end), as_of,
+                                 lookback).toPandas()
     assert_features_equal(actual, pandas_user_features(reference, as_of, lookback))
 
 

@@ -1,14 +1,15 @@
-"""Daily-partitioned batch analytics and ML assets over the Parquet event lake.
+"""Daily-partitioned batch analytics and ML assets over the Delta event lake.
 
-Each asset is thin: it reads the partition's slice of the lake (partition pruning on
-event_date), calls the pure transforms / ML functions, replaces its MongoDB partition
-(``MongoResource.replace_partition``: deterministic ``_id``, stale documents removed) and returns
-the metadata a person would look at. The partition key is the as_of day.
+Each asset is thin: it reads the partition's slice of one version of the lake (partition
+pruning on event_date; the version is recorded as ``lake_version``), calls the pure transforms /
+ML functions, replaces its MongoDB partition (``MongoResource.replace_partition``: deterministic
+``_id``, written from the executors, stale documents removed by a run marker) and returns the
+metadata a person would look at. The partition key is the as_of day.
 """
 
 
 import base64
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -18,6 +19,7 @@ import dagster as dg
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from journey_assets import lake as delta_lake
 from journey_assets.ml import churn as churn_ml
 from journey_assets.ml import segments as segment_ml
 from journey_assets.partitions import as_of_partitions
@@ -119,9 +121,16 @@ def read_feature_snapshot(session: SparkSession, lake: LakeResource, as_of: str)
     return session.read.parquet(path)
 
 
-def lake_span(session: SparkSession, lake: LakeResource):
+def lake_span(session: SparkSession, lake: LakeResource, version: int | None = None):
     """First and last event_date in the lake (the partition column only: no data read)."""
-    return churn_ml.lake_date_range(session.read.parquet(lake.events_path).select(EVENT_DATE))
+    return churn_ml.lake_date_range(
+        delta_lake.read_table(session, lake.events_path, version).select(EVENT_DATE))
+
+
+def lake_version(session: SparkSession, lake: LakeResource) -> int:
+    """The events table's version now: an asset reads this version throughout and records
+    it, so its partition can be reproduced (time travel) until VACUUM's retention passes."""
+    return delta_lake.table_version(session, lake.events_path)
 
 
 def lake_span_or_none(session: SparkSession, lake: LakeResource) -> tuple[date, date] | None:
@@ -136,16 +145,15 @@ def lake_span_or_none(session: SparkSession, lake: LakeResource) -> tuple[date, 
         raise
 
 
-def row_documents(frame: DataFrame, as_of: str, extra: dict[str, Any] | None = None
-                  ) -> Iterator[dict[str, Any]]:
-    """Rows as Mongo documents with the deterministic ``_id`` ``"{user_id}:{as_of}"``."""
-    for row in frame.toLocalIterator():
-        doc = row.asDict()
-        doc["_id"] = f"{doc[USER_ID]}:{as_of}"
-        doc[AS_OF] = as_of
-        if extra:
-            doc.update(extra)
-        yield doc
+def partition_rows(frame: DataFrame, as_of: str, extra: dict[str, Any] | None = None
+                   ) -> DataFrame:
+    """Rows shaped as Mongo documents: deterministic ``_id`` ``"{user_id}:{as_of}"``, the
+    ``as_of`` day and ``extra`` constants (written from the executors by ``replace_partition``)."""
+    shaped = frame.withColumn("_id", F.concat_ws(":", F.col(USER_ID).cast("string"),
+                                                 F.lit(as_of))).withColumn(AS_OF, F.lit(as_of))
+    for name, value in (extra or {}).items():
+        shaped = shaped.withColumn(name, F.lit(value))
+    return shaped
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -208,17 +216,19 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
         as_of = context.partition_key
         session = spark.get_session()
         start, end = window_bounds(as_of, config.lookback_days)
-        events = read_lake_window(session, lake.events_path, start, end)
+        version = lake_version(session, lake)
+        events = read_lake_window(session, lake.events_path, start, end, version)
         path = features_path(lake, as_of)
         # unique: the events table is insert-only by event_id, no dedupe shuffle needed.
         build_user_features(events, as_of, config.lookback_days, unique=True) \
             .write.mode("overwrite").parquet(path)
         snapshot = session.read.parquet(path)
         written = mongo.replace_partition(USER_FEATURES, {AS_OF: as_of},
-                                          row_documents(snapshot, as_of))
+                                          partition_rows(snapshot, as_of), context.run_id)
         funnel = user_funnel(snapshot)
         means = snapshot.agg(*(F.avg(c).alias(c) for c in FEATURE_COLUMNS)).first()
         return dg.MaterializeResult(metadata={
+            "lake_version": version,
             "users": written,
             "window": f"{start} .. {end}",
             "lookback_days": config.lookback_days,
@@ -258,11 +268,12 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
             assigned = segment_ml.assign_segments(result.model, features).select(
                 USER_ID, segment_ml.SEGMENT)
             names = result.names
-            docs = (
-                {**doc, segment_ml.SEGMENT_NAME: names[doc[segment_ml.SEGMENT]]}
-                for doc in row_documents(assigned, as_of, {"model_version": model_version})
-            )
-            written = mongo.replace_partition(CUSTOMER_SEGMENTS, {AS_OF: as_of}, docs)
+            segment_names = F.create_map(*(F.lit(v) for k in sorted(names)
+                                           for v in (k, names[k])))
+            rows = partition_rows(assigned, as_of, {"model_version": model_version}).withColumn(
+                segment_ml.SEGMENT_NAME, segment_names[F.col(segment_ml.SEGMENT)])
+            written = mongo.replace_partition(CUSTOMER_SEGMENTS, {AS_OF: as_of}, rows,
+                                              context.run_id)
         finally:
             features.unpersist()
         context.log.info(f"segments k={result.k}, silhouettes {result.silhouettes}")
@@ -303,7 +314,8 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
             return skipped_result(f"no users in the feature snapshot of {as_of}: nothing to "
                                   "score", [CHURN_AUC_CHECK])
         lookback = int(lookback_row[0])
-        first, last = lake_span(session, lake)
+        version = lake_version(session, lake)
+        first, last = lake_span(session, lake, version)
         try:
             plan = churn_ml.plan_snapshots(as_of, config.horizon_days, first, last, lookback)
         except churn_ml.NotEnoughHistory as exc:
@@ -314,7 +326,7 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
                                        "horizon_days": config.horizon_days}) from exc
         read_from, read_to = plan.read_span
         # Only the days the train and test snapshots need (features and labels).
-        events = read_lake_window(session, lake.events_path, read_from, read_to)
+        events = read_lake_window(session, lake.events_path, read_from, read_to, version)
         train, test = churn_ml.train_test_snapshots(events, plan, lookback, predict_features,
                                                     eligibility, unique=True)
         try:
@@ -333,21 +345,21 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
         scored = churn_ml.score(model, churn_ml.eligible(predict_features, eligibility),
                                 config.threshold).select(
             USER_ID, churn_ml.CHURN_PROBABILITY, churn_ml.CHURN_PREDICTION)
-        predicted_churners = 0
-
-        def churn_documents() -> Iterator[dict[str, Any]]:
-            nonlocal predicted_churners  # counted on the way to Mongo: no second scoring pass
-            for doc in row_documents(scored, as_of, {"model_version": model_version}):
-                predicted_churners += doc[churn_ml.CHURN_PREDICTION]
-                yield doc
-
-        written = mongo.replace_partition(CHURN_PREDICTIONS, {AS_OF: as_of}, churn_documents())
+        scored = scored.persist()  # written, then counted: one scoring pass
+        try:
+            written = mongo.replace_partition(
+                CHURN_PREDICTIONS, {AS_OF: as_of},
+                partition_rows(scored, as_of, {"model_version": model_version}), context.run_id)
+            predicted_churners = scored.where(F.col(churn_ml.CHURN_PREDICTION) == 1).count()
+        finally:
+            scored.unpersist()
         importances = churn_ml.feature_importances(model)
 
         check = churn_check(metrics, config.min_auc_pr_lift)
         windows = [w.as_dict() for w in plan.windows]
         return dg.MaterializeResult(
             metadata={
+                "lake_version": version,
                 "users_scored": written,
                 "predicted_churners": predicted_churners,
                 "population": eligibility.describe(),
@@ -398,12 +410,14 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
         # The data's own calendar: the series starts at the lake's first day (no zero days
         # before it), and a day past the lake's last one has no data yet.
         span = lake_span_or_none(session, lake)
+        version = lake_version(session, lake) if span is not None else None
         if span is None or not span[0] <= day <= span[1]:
             return skipped_result(f"{day} is outside the lake's days "
                                   f"({'empty lake' if span is None else f'{span[0]} .. {span[1]}'})")
         # 6 extra days so that the first plotted day's 7-day average is complete.
         start = max(day - timedelta(days=config.history_days - 1 + 6), span[0])
-        events = read_event_lake(session, lake.events_path, start.isoformat(), day.isoformat())
+        events = read_event_lake(session, lake.events_path, start.isoformat(), day.isoformat(),
+                                 version)
         trends = timeseries.with_trends(
             timeseries.daily_event_counts(events, start, day, first_day=span[0]))
         history = [r.asDict() for r in trends.orderBy(timeseries.DATE, "event_type").collect()
@@ -424,11 +438,13 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
                 # The hour-of-day x event_type pivot, one 24-slot row per event_type.
                 "hourly_counts": [int(hourly.get(h, {}).get(t, 0)) for h in range(24)],
             })
-        written = mongo.replace_partition(TIME_SERIES, {"date": day.isoformat()}, docs)
+        written = mongo.replace_partition(TIME_SERIES, {"date": day.isoformat()}, docs,
+                                          context.run_id)
         png = plots_dir(lake) / f"time_series_{day.isoformat()}.png"
         _plot_trends(history, png)
         encoded = base64.b64encode(png.read_bytes()).decode("ascii")
         return dg.MaterializeResult(metadata={
+            "lake_version": version,
             "documents": written,
             "day": dg.MetadataValue.md(markdown_table(
                 ["event_type", "event_count", "ma_3d", "ma_7d", "dod_growth"],
@@ -456,8 +472,9 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
         features = features.cache()
         lookback = int(features.select(LOOKBACK_DAYS).first()[0])
         start, end = window_bounds(as_of, lookback)
+        version = lake_version(session, lake)
         events = read_event_lake(session, lake.events_path, start.isoformat(),
-                                 end.isoformat()).cache()
+                                 end.isoformat(), version).cache()
         try:
             percentiles = statistics.price_percentiles(events)
             correlation = statistics.correlation_matrix(features, FEATURE_COLUMNS)
@@ -480,13 +497,14 @@ def build_batch_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDef
             {"_id": f"feature_distribution:{as_of}", "analysis": "feature_distribution", **base,
              "columns": shape},
         ]
-        written = mongo.replace_partition(STATISTICS, {AS_OF: as_of}, docs)
+        written = mongo.replace_partition(STATISTICS, {AS_OF: as_of}, docs, context.run_id)
         pairs = [(FEATURE_COLUMNS[i], FEATURE_COLUMNS[j], correlation[i][j])
                  for i in range(len(FEATURE_COLUMNS)) for j in range(i + 1, len(FEATURE_COLUMNS))
                  if correlation[i][j] is not None]
         strongest = sorted(pairs, key=lambda p: -abs(p[2]))[:8]
         pct_keys = [k for k in percentiles[0] if k.startswith("p")] if percentiles else []
         return dg.MaterializeResult(metadata={
+            "lake_version": version,
             "documents": written,
             "chi_square_statistic": chi_square["statistic"],
             "chi_square_p_value": chi_square["p_value"],

@@ -12,6 +12,7 @@ shows their freshness while the run is still going.
 import dagster as dg
 
 from journey_assets.resources import KafkaResource, LakeResource, MongoResource, SparkResource
+from journey_assets.settings import DEFAULT_MAX_OFFSETS_PER_TRIGGER
 from journey_assets.streaming.pipeline import (
     AVAILABLE_NOW,
     CONTINUOUS,
@@ -19,7 +20,6 @@ from journey_assets.streaming.pipeline import (
     run_stream,
     target_from_resources,
 )
-from journey_assets.settings import DEFAULT_MAX_OFFSETS_PER_TRIGGER
 from journey_assets.streaming.progress import DagsterProgressReporter
 from journey_assets.streaming.sinks import (
     CONVERSION_FUNNEL,

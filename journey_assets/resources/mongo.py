@@ -10,8 +10,17 @@ from typing import Any
 
 import dagster as dg
 from pymongo.database import Database
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
-from journey_assets.serving import MongoTarget, mongo_client, upsert_documents
+from journey_assets.serving import (
+    RUN_MARKER,
+    MongoTarget,
+    delete_stale,
+    mongo_client,
+    upsert_documents,
+    write_frame,
+)
 from journey_assets.settings import DEFAULT_MONGO_DB, DEFAULT_MONGO_URI
 
 
@@ -42,16 +51,24 @@ class MongoResource(dg.ConfigurableResource):
 
     def replace_partition(
         self, collection: str, partition_filter: Mapping[str, Any],
-        documents: Iterable[Mapping[str, Any]],
+        documents: Iterable[Mapping[str, Any]] | DataFrame, marker: str,
     ) -> int:
-        """Upsert ``documents`` and delete the partition's documents they no longer include.
+        """Write the partition's documents stamped with ``marker`` (this materialization),
+        then delete the partition's documents without it.
 
         Re-materializing a partition thus leaves exactly the new result, never a union with
-        the old one, and never a moment with the partition missing.
+        the old one, and never a moment with the partition missing. No command grows with the
+        partition: a DataFrame is written from the executors (``write_frame``), the delete is
+        one filter. Returns the documents written.
         """
-        docs = list(documents)
+        if isinstance(documents, DataFrame):
+            written = write_frame(documents.withColumn(RUN_MARKER, F.lit(marker)), self.target,
+                                  collection).written
+        else:
+            with self.db() as db:
+                written = upsert_documents(
+                    db, collection, ({**d, RUN_MARKER: marker} for d in documents),
+                    strategy=self.write_strategy)
         with self.db() as db:
-            written = upsert_documents(db, collection, docs, strategy=self.write_strategy)
-            keep = [d["_id"] for d in docs]
-            db[collection].delete_many({**partition_filter, "_id": {"$nin": keep}})
+            delete_stale(db, collection, partition_filter, marker)
         return written

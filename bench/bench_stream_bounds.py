@@ -1,0 +1,153 @@
+"""The streaming pipeline against the bounds its components set, side by side on one topic.
+
+    .local/venv/bin/python bench/bench_stream_bounds.py [--events 300000] [--days 1]
+
+One topic of ``--events`` synthetic events (REES46-like), one Spark session (local[2]), each
+run available-now with the default ``maxOffsetsPerTrigger`` over the whole topic:
+
+1. floor: Kafka -> the project's parse and triage -> Spark's no-op sink (what reading and
+   parsing alone cost);
+2. floor + the windowed aggregation (the stateful query, watermark, dedup) -> no-op sink;
+3. the whole pipeline (``run_stream``: lake, MongoDB, aggregations, sessions);
+4. the MongoDB server's insert ceiling for the pipeline's documents alone: every document the
+   run wrote, inserted again into empty collections, unordered bulk batches, nothing else
+   running.
+
+The bound: the component costs together on this machine's cores, as seconds run alone one
+after the other (floor + aggregation + MongoDB ceiling + the lake's insert-only commits of the
+same rows); the pipeline runs them concurrently on the same 2 cores, so it cannot beat their
+sum by much, and should come close to it. Prints each figure and the ratio pipeline / bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+from pymongo import MongoClient
+
+from journey_assets import lake
+from journey_assets.resources.kafka import ensure_topic
+from journey_assets.resources.spark import build_spark_session
+from journey_assets.schema import EVENT_DATE, EVENT_ID
+from journey_assets.serving import upsert_documents
+from journey_assets.settings import Settings
+from journey_assets.sources.producer import produce
+from journey_assets.sources.synthetic import SyntheticConfig, generate_records
+from journey_assets.streaming.pipeline import (
+    StreamOptions,
+    kafka_source,
+    run_stream,
+    target_from,
+    windowed_aggregates,
+)
+from journey_assets.transforms.events import LAKE_COLUMNS, parse_kafka_events, triage_events
+from journey_assets.transforms.windows import aggregation_documents
+
+COLLECTIONS = ("enriched_events", "dead_letter_events", "event_aggregations",
+               "user_session_analytics", "conversion_funnel")
+
+
+def _noop_run(spark, frame, checkpoint: str, name: str) -> float:
+    """Seconds to drain the topic through ``frame`` into Spark's no-op sink."""
+    start = time.perf_counter()
+    query = (frame.writeStream.queryName(name).format("noop")
+             .option("checkpointLocation", checkpoint)
+             .outputMode("update" if name == "aggregation" else "append")
+             .trigger(availableNow=True).start())
+    query.awaitTermination()
+    return time.perf_counter() - start
+
+
+def _mongo_ceiling(settings: Settings) -> tuple[float, int]:
+    """Seconds to insert every document of the run again, alone, into empty collections."""
+    client = MongoClient(settings.mongo_uri, tz_aware=True)
+    db = client[settings.mongo_db]
+    scratch = client[f"{settings.mongo_db}_ceiling"]
+    seconds, total = 0.0, 0
+    for name in COLLECTIONS:
+        docs = list(db[name].find({}))
+        start = time.perf_counter()
+        upsert_documents(scratch, name, docs, keep_existing=True)
+        seconds += time.perf_counter() - start
+        total += len(docs)
+    client.drop_database(scratch.name)
+    client.close()
+    return seconds, total
+
+
+def _lake_cost(spark, events_path: str, scratch: Path) -> float:
+    """Seconds for the lake's insert-only commits of the run's rows, in 50k-row batches."""
+    rows = lake.read_table(spark, events_path).select(*LAKE_COLUMNS).persist()
+    try:
+        n = rows.count()
+        parts = max(1, n // 50_000)
+        start = time.perf_counter()
+        for i, part in enumerate(rows.randomSplit([1.0] * parts, seed=1)):
+            lake.insert_new_rows(spark, str(scratch / "events"), part, EVENT_ID, EVENT_DATE,
+                                 "bench", i)
+        return time.perf_counter() - start
+    finally:
+        rows.unpersist()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--days", type=int, default=1)
+    args = parser.parse_args()
+
+    base = Settings.from_env()
+    tag = uuid.uuid4().hex[:6]
+    work = Path(tempfile.mkdtemp(prefix="bench_bounds_"))
+    settings = replace(base, topic=f"bench_bounds_{tag}", mongo_db=f"bench_bounds_{tag}",
+                       data_dir=work / "data")
+    ensure_topic(settings.kafka_bootstrap, settings.topic, partitions=3)
+    sent = produce(generate_records(SyntheticConfig(n_events=args.events, seed=1,
+                                                    days=args.days)),
+                   settings.kafka_bootstrap, settings.topic, progress=False)
+    n = sent.sent
+    print(f"topic {settings.topic}: {n:,} events over {args.days} day(s)", flush=True)
+    spark = build_spark_session(shuffle_partitions=2)
+    target = target_from(settings)
+    options = StreamOptions(mode="available-now")
+    try:
+        source = kafka_source(spark, target, options)
+        floor = _noop_run(spark, triage_events(parse_kafka_events(source)),
+                          str(work / "ck_floor"), "floor")
+        print(f"1. floor (Kafka -> parse -> no-op):        {floor:7.1f} s  "
+              f"{n / floor:9,.0f} events/s", flush=True)
+        source = kafka_source(spark, target, options)
+        aggregation = _noop_run(
+            spark, aggregation_documents(windowed_aggregates(source, options.watermark)),
+            str(work / "ck_aggregation"), "aggregation")
+        print(f"2. floor + windowed aggregation:           {aggregation:7.1f} s  "
+              f"{n / aggregation:9,.0f} events/s  (cost per event {aggregation / floor:.2f}x "
+              f"the floor's)", flush=True)
+        summary = run_stream(spark, target, options)
+        pipeline = summary.seconds
+        print(f"3. whole pipeline (lake + MongoDB + all):  {pipeline:7.1f} s  "
+              f"{n / pipeline:9,.0f} events/s", flush=True)
+        mongo, docs = _mongo_ceiling(settings)
+        print(f"4. MongoDB server ceiling, {docs:,} docs alone: {mongo:7.1f} s  "
+              f"{docs / mongo:9,.0f} docs/s", flush=True)
+        lake_s = _lake_cost(spark, target.events_path, work / "lake_alone")
+        print(f"5. lake insert-only commits alone:         {lake_s:7.1f} s", flush=True)
+        bound = floor + (aggregation) + mongo + lake_s
+        print(f"BOUND (2 + 1 + 4 + 5, run one after the other): {bound:.1f} s = "
+              f"{n / bound:,.0f} events/s")
+        print(f"RATIO pipeline / bound: {bound / pipeline:.2f} (goal >= 0.8); aggregation "
+              f"cost per event {aggregation / floor:.2f}x the floor (goal <= 2)")
+    finally:
+        spark.stop()
+        MongoClient(settings.mongo_uri).drop_database(settings.mongo_db)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
