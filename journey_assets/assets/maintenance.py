@@ -8,8 +8,6 @@ Both run concurrently with the streaming writer (Delta's optimistic concurrency:
 does not conflict with appends).
 """
 
-from __future__ import annotations
-
 import dagster as dg
 
 from journey_assets import lake as delta_lake
