@@ -7,9 +7,11 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: setup dev test lint stack-down
 
-$(STAMP): pyproject.toml
+# The same pins as the image (docker/constraints.txt): the tests run on the tree the image
+# ships, and pip resolves in seconds instead of backtracking for minutes.
+$(STAMP): pyproject.toml docker/constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -c docker/constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
 setup: $(STAMP)

@@ -10,6 +10,10 @@ RSS of the driver (the Python process and the Spark driver JVM, which in local m
 the executor threads; Python workers are the executors' and are not counted). From the run's
 progress lines: the longest micro-batch of each query. Prints both per backlog and the ratios
 of the largest backlog to the smallest (goal: within 1.3x).
+
+``--batches N`` stops each run (SIGTERM to its process group) once N events micro-batches have
+completed, so both backlogs are compared over the same amount of work when draining the
+larger one whole takes longer than the time at hand; 0 (default) drains every backlog.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -73,7 +78,15 @@ def _is_jvm(pid: int) -> bool:
         return False
 
 
-def run_backlog(base: Settings, events: int, work: Path) -> BacklogRun:
+def _events_batches(log: Path) -> int:
+    try:
+        return sum(1 for line in log.read_text().splitlines()
+                   if (m := _BATCH.match(line)) and m.group(1) == "events" and int(m.group(3)))
+    except OSError:
+        return 0
+
+
+def run_backlog(base: Settings, events: int, work: Path, stop_after: int = 0) -> BacklogRun:
     tag = uuid.uuid4().hex[:6]
     settings = Settings(**{**base.__dict__, "topic": f"bench_backlog_{tag}",
                            "mongo_db": f"bench_backlog_{tag}", "data_dir": work / tag})
@@ -94,6 +107,9 @@ def run_backlog(base: Settings, events: int, work: Path) -> BacklogRun:
 
     def sample() -> None:
         while proc.poll() is None:
+            if stop_after and _events_batches(log) >= stop_after:
+                os.killpg(proc.pid, signal.SIGTERM)
+                break
             peaks["python"] = max(peaks["python"], _rss_mb(proc.pid))
             jvm = sum(_rss_mb(c) for c in _children(proc.pid) if _is_jvm(c))
             peaks["jvm"] = max(peaks["jvm"], jvm)
@@ -101,16 +117,17 @@ def run_backlog(base: Settings, events: int, work: Path) -> BacklogRun:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    code = proc.wait()
     sampler.join()
+    code = proc.wait()
     seconds = time.perf_counter() - start
-    if code != 0:
+    if code != 0 and not stop_after:
         raise SystemExit(f"journey stream failed ({code}):\n{log.read_text()[-3000:]}")
     longest: dict[str, float] = {}
     batches: dict[str, int] = {}
     for line in log.read_text().splitlines():
         match = _BATCH.match(line)
-        if match and int(match.group(3)) > 0:
+        if match and int(match.group(3)) > 0 and not (
+                stop_after and batches.get(match.group(1), 0) >= stop_after):
             query, ms = match.group(1), int(match.group(4))
             longest[query] = max(longest.get(query, 0.0), ms / 1000)
             batches[query] = batches.get(query, 0) + 1
@@ -126,10 +143,13 @@ def run_backlog(base: Settings, events: int, work: Path) -> BacklogRun:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backlogs", type=int, nargs="+", default=[1_000_000, 5_000_000])
+    parser.add_argument("--batches", type=int, default=0,
+                        help="stop each run after this many events micro-batches (0: drain)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_backlog_"))
     try:
-        runs = [run_backlog(Settings.from_env(), n, work) for n in sorted(args.backlogs)]
+        runs = [run_backlog(Settings.from_env(), n, work, args.batches)
+                for n in sorted(args.backlogs)]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     small, large = runs[0], runs[-1]

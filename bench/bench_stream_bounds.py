@@ -133,6 +133,8 @@ def main() -> None:
         pipeline = summary.seconds
         print(f"3. whole pipeline (lake + MongoDB + all):  {pipeline:7.1f} s  "
               f"{n / pipeline:9,.0f} events/s", flush=True)
+        for name, seconds in sorted(summary.sinks["seconds"].items()):
+            print(f"     inside the pipeline: {name:<32} {seconds:6.1f} s")
         mongo, docs = _mongo_ceiling(settings)
         print(f"4. MongoDB server ceiling, {docs:,} docs alone: {mongo:7.1f} s  "
               f"{docs / mongo:9,.0f} docs/s", flush=True)

@@ -25,7 +25,7 @@ Outside Spark, read a table with ``deltalake`` (delta-rs): ``DeltaTable(path).to
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date
 from typing import Any
@@ -100,18 +100,21 @@ def _partition_literals(values: Sequence[Any]) -> str:
 
 def insert_new_rows(spark: SparkSession, path: str, rows: DataFrame, key: str,
                     partition_by: str, app_id: str | None = None, version: int | None = None,
-                    properties: dict[str, str] | None = None) -> None:
+                    properties: dict[str, str] | None = None,
+                    partitions: Iterable[Any] | None = None) -> None:
     """Insert the rows of ``rows`` whose ``key`` the table does not hold yet.
 
     ``rows`` must be unique by ``key`` (MERGE inserts every unmatched source row). The match
     only looks at the partitions ``rows`` falls in (their values are collected: a handful of
     days), so its cost follows the size of those partitions, not of the table.
+    ``partitions``: those values when the caller knows them already (saves a Spark job).
     """
     from delta.tables import DeltaTable
 
     ensure_table(spark, path, rows, partition_by, properties)
-    partitions = [r[0] for r in rows.select(partition_by).distinct().collect()
-                  if r[0] is not None]
+    if partitions is None:
+        partitions = [r[0] for r in rows.select(partition_by).distinct().collect()]
+    partitions = [p for p in partitions if p is not None]
     if not partitions:
         return
     condition = (f"t.{key} = s.{key} AND t.{partition_by} = s.{partition_by} "

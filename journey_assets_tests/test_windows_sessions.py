@@ -1,15 +1,12 @@
-"""The window/session transforms on static frames, and the lake's per-batch idempotent write."""
+"""The window/session transforms on static frames (the lake's idempotent writes: test_lake.py)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from pyspark.sql import functions as F
 
 from journey_assets.schema import CSV_COLUMNS, EVENT_SCHEMA, validate_record
 from journey_assets.sources.synthetic import SyntheticConfig, generate_records
-from journey_assets.streaming.sinks import write_lake_batch
-from journey_assets.transforms.events import enrich_events, read_event_lake
+from journey_assets.transforms.events import enrich_events
 from journey_assets.transforms.sessions import conversion_funnel, session_metrics
 from journey_assets.transforms.windows import (
     TUMBLING_5M,
@@ -65,15 +62,3 @@ def test_windows_and_sessions_equal_plain_python(spark) -> None:
     for day, want in truth.funnel.items():
         assert funnel[day].sessions == want["sessions"]
         assert funnel[day].sessions_with_purchase == want["sessions_with_purchase"]
-
-
-def test_lake_batch_rewrite_replaces_instead_of_appending(spark, tmp_path: Path) -> None:
-    _records, events = _events_frame(spark, n=800, seed=5)
-    path = str(tmp_path / "lake" / "enriched_events")
-    first, second = events.randomSplit([0.5, 0.5], seed=1)
-    write_lake_batch(first.toArrow(), path, batch_id=0)
-    write_lake_batch(second.toArrow(), path, batch_id=1)
-    write_lake_batch(second.toArrow(), path, batch_id=1)  # a replayed batch 1 after a crash
-    stored = spark.read.parquet(path)
-    assert stored.count() == events.count()
-    assert read_event_lake(spark, path).count() == events.count()

@@ -48,6 +48,9 @@ def build_spark_session(
         .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
         .config("spark.sql.catalog.spark_catalog",
                 "org.apache.spark.sql.delta.catalog.DeltaCatalog")
+        # A MERGE's source is a persisted micro-batch or a deterministic read: Delta need not
+        # materialize it once more ("auto" copies any source that is not a Delta scan).
+        .config("spark.databricks.delta.merge.materializeSource", "none")
     )
     for key, value in (extra_conf or {}).items():
         builder = builder.config(key, value)

@@ -253,11 +253,17 @@ class EventsSink:
         dead = dead_letter_rows(triaged).withColumn(RECEIVED_DATE, F.to_date("received_at"))
         try:
             start = time.perf_counter()
+            # The days both tables are written in, in one (small) Spark job over the batch.
+            days = (triaged.select(F.col(REASON).isNull().alias("valid"), EVENT_DATE,
+                                   F.to_date("received_at").alias(RECEIVED_DATE))
+                    .distinct().collect())
             fault_point("before_lake", batch_id)
             lake.insert_new_rows(spark, self.events_path, events, EVENT_ID, EVENT_DATE,
-                                 self._app_id, batch_id, lake.EVENTS_TABLE_PROPERTIES)
+                                 self._app_id, batch_id, lake.EVENTS_TABLE_PROPERTIES,
+                                 partitions={d[EVENT_DATE] for d in days if d["valid"]})
             lake.insert_new_rows(spark, self.dead_letters_path, dead, "_id", RECEIVED_DATE,
-                                 self._app_id, batch_id)
+                                 self._app_id, batch_id,
+                                 partitions={d[RECEIVED_DATE] for d in days if not d["valid"]})
             self.stats.add_seconds("lake", time.perf_counter() - start)
             fault_point("after_lake", batch_id)
 
