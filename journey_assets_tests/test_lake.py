@@ -47,8 +47,8 @@ def test_idempotent_commits_and_insert_only_rows(spark, tmp_path: Path) -> None:
 
     # delta-rs + DuckDB, not Spark: every unique event exactly once.
     dataset = lake.read_table_arrow(path)  # noqa: F841 (DuckDB reads it by name)
-    rows, distinct = duckdb.sql(
-        f"SELECT count(*), count(DISTINCT {EVENT_ID}) FROM dataset").fetchone()
+    [(rows, distinct)] = duckdb.sql(
+        f"SELECT count(*), count(DISTINCT {EVENT_ID}) FROM dataset").fetchall()
     expected = _unique_ids(first) | _unique_ids(second)
     assert rows == distinct == len(expected)
     assert set(lake.read_table_arrow(path).to_table(columns=[EVENT_ID])
