@@ -170,7 +170,6 @@ class StreamingPipeline:
         self.sink_output: dict[tuple[str, int], dict[str, Any]] = {}
         self.queries: dict[str, StreamingQuery] = {}
         self._refresher: SessionRefresher | None = None
-        self._events_sink: EventsSink | None = None
         self._reported: dict[str, int] = {}
         self._input_rows: dict[str, int] = {}
         self._batches: dict[str, int] = {}
@@ -185,7 +184,7 @@ class StreamingPipeline:
         self._refresher = SessionRefresher(
             mongo, self.target.events_path, self.target.checkpoint(SESSIONS_STATE),
             self.options.session_horizon_days, self.options.sessions_interval, self.stats)
-        events_sink = self._events_sink = EventsSink(
+        events_sink = EventsSink(
             mongo, self.target.events_path, self.target.dead_letters_path,
             self.target.product_path, self.target.user_path, self._refresher, self.stats,
             self._record_sink)
@@ -267,8 +266,6 @@ class StreamingPipeline:
 
     def stop(self) -> None:
         self.stop_queries()
-        if self._events_sink is not None:
-            self._events_sink.close()
 
     def summary(self, seconds: float) -> StreamSummary:
         """Batches and rows reported by this pipeline object (one start)."""

@@ -226,9 +226,6 @@ class EventsSink:
         self._app_id = f"journey-events-{query_id}"
         self._app_id_ready.set()
 
-    def close(self) -> None:
-        pass
-
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         spark = batch.sparkSession
         scheduler_pool(spark, EVENTS_POOL)
