@@ -94,7 +94,7 @@ def throughput(base: Settings, spark, data_dir: Path, events: int, max_offsets: 
         print(f"    {name:<32} {s:7.1f} s{f', {n:,} docs' if n else ''}{rate}")
     # What each query spent blocked on MongoDB (FerretDB here), and its rate without that.
     blocked = {
-        "events": secs.get("mongo_wait", 0.0) + secs.get("mongo.dead_letter_events", 0.0)
+        "events": secs.get("mongo.enriched_events", 0.0) + secs.get("mongo.dead_letter_events", 0.0)
         + secs.get("mongo.user_session_analytics", 0.0) + secs.get("mongo.conversion_funnel", 0.0),
         "aggregations": secs.get("mongo.event_aggregations", 0.0),
     }

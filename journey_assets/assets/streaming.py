@@ -44,7 +44,7 @@ STREAMING_SPECS = [
     dg.AssetSpec(ENRICHED_EVENTS, group_name=STREAMING_GROUP, kinds={*_KINDS, "parquet"},
                  deps=[TOPIC_KEY, PRODUCT_CATALOG_KEY, USER_DIMENSION_KEY],
                  description="Unique valid events with keys and dimension fields (_id = "
-                             "event_id), in MongoDB and the Parquet lake by event_date."),
+                             "event_id), in MongoDB and the Delta lake by event_date."),
     dg.AssetSpec(DEAD_LETTER_EVENTS, group_name=STREAMING_GROUP, kinds=_KINDS, deps=[TOPIC_KEY],
                  description="Rejected records: raw payload, reason, topic/partition/offset."),
     dg.AssetSpec(EVENT_AGGREGATIONS, group_name=STREAMING_GROUP, kinds=_KINDS, deps=[TOPIC_KEY],

@@ -1,1 +1,1 @@
-"""Kafka -> Spark Structured Streaming -> MongoDB and the Parquet lake (issue 4)."""
+"""Kafka -> Spark Structured Streaming -> MongoDB and the Delta event lake."""
