@@ -41,7 +41,7 @@ STREAMING_CATCHUP_JOB = "streaming_catchup_job"
 
 _KINDS = {"spark", "kafka", "mongodb"}
 STREAMING_SPECS = [
-    dg.AssetSpec(ENRICHED_EVENTS, group_name=STREAMING_GROUP, kinds={*_KINDS, "parquet"},
+    dg.AssetSpec(ENRICHED_EVENTS, group_name=STREAMING_GROUP, kinds={*_KINDS, "delta"},
                  deps=[TOPIC_KEY, PRODUCT_CATALOG_KEY, USER_DIMENSION_KEY],
                  description="Unique valid events with keys and dimension fields (_id = "
                              "event_id), in MongoDB and the Delta lake by event_date."),
