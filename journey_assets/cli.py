@@ -201,15 +201,14 @@ def simulate(source: str, path: str | None, events: int | None, seed: int, rate:
                    "0: no cap (a backlog becomes one batch).")
 @click.option("--trigger-seconds", type=float, default=2.0, show_default=True,
               help="Processing-time trigger interval (continuous mode).")
-@click.option("--sessions-every", type=float, default=None,
-              help="Seconds between session/funnel refreshes from the lake (and at the end); "
-                   "default 300.")
+@click.option("--session-gap", type=float, default=30.0, show_default=True,
+              help="Minutes of event time after its last event that close a session.")
 @click.option("--shuffle-partitions", type=int, default=2, show_default=True,
               help="Spark shuffle partitions = state store partitions of the aggregation "
                    "(fixed by the checkpoint at the first start). On local[2], 1 gives the "
                    "lowest latency, 2 the highest throughput.")
 def stream(mode: str, max_offsets: int, trigger_seconds: float,
-           sessions_every: float | None, shuffle_partitions: int) -> None:
+           session_gap: float, shuffle_partitions: int) -> None:
     """Kafka -> Spark Structured Streaming -> MongoDB + lake (checkpoints under JOURNEY_DATA_DIR)."""
     from journey_assets.resources.spark import build_spark_session
     from journey_assets.settings import Settings
@@ -218,7 +217,7 @@ def stream(mode: str, max_offsets: int, trigger_seconds: float,
 
     settings = Settings.from_env()
     options = StreamOptions(mode=mode, max_offsets_per_trigger=max_offsets,
-                            trigger_seconds=trigger_seconds, sessions_every_seconds=sessions_every)
+                            trigger_seconds=trigger_seconds, session_gap_minutes=session_gap)
     spark = build_spark_session(master=settings.spark_master, app_name="journey_stream",
                                 shuffle_partitions=shuffle_partitions)
     click.echo(f"streaming {settings.topic} -> {settings.mongo_db} ({mode})", err=True)

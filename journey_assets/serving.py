@@ -19,6 +19,7 @@ Every write is idempotent: a document carries a deterministic ``_id`` and is wri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -31,7 +32,7 @@ import pyarrow as pa
 from pymongo import MongoClient, ReplaceOne
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pyspark.sql import DataFrame
 
 DEFAULT_BATCH_SIZE = 2_000
@@ -187,6 +188,22 @@ def delete_stale(db: Database, collection: str, partition_filter: Mapping[str, A
     One command of constant size whatever the partition's size (no list of kept ids)."""
     result = db[collection].delete_many({**partition_filter, RUN_MARKER: {"$ne": marker}})
     return result.deleted_count
+
+
+def add_counters_once(db: Database, collection: str, key: str, sequence: int,
+                      deltas: Mapping[str, int]) -> dict[str, Any]:
+    """Add ``deltas`` to the counters of document ``key`` unless ``sequence`` (a micro-batch id)
+    was already applied to it; returns the document's counters after.
+
+    The guard (``_seq`` < sequence) makes a replayed micro-batch a no-op: batches reach a
+    document in increasing order, and a replay finds its own id stored. When the guard fails on
+    a missing document, the upsert's insert hits the existing ``_id``: already applied.
+    """
+    coll = db[collection]
+    with contextlib.suppress(DuplicateKeyError):
+        coll.update_one({"_id": key, "_seq": {"$lt": sequence}},
+                        {"$inc": dict(deltas), "$set": {"_seq": sequence}}, upsert=True)
+    return coll.find_one({"_id": key}) or {}
 
 
 # -- the executor-side writer ---------------------------------------------------------------

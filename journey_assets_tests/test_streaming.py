@@ -28,6 +28,12 @@ from journey_assets.settings import Settings
 from journey_assets.sources.producer import produce
 from journey_assets.sources.synthetic import SyntheticConfig, generate_records
 from journey_assets.streaming.pipeline import StreamOptions, run_stream, target_from
+from journey_assets_tests.session_truth import (
+    assert_funnel_equal,
+    assert_sessions_equal,
+    truth_funnel,
+    truth_sessions,
+)
 
 MALFORMED_PAYLOADS = (b"{not json", b"", b"[1, 2, 3", b"\xff\xfe garbage")
 WINDOWS = (("tumbling_5m", 300, 0), ("sliding_10m_5m", 600, 0), ("sliding_10m_5m", 600, 300))
@@ -54,14 +60,11 @@ def compute_truth(records: Iterable[Mapping[str, Any]], malformed: int) -> Truth
         events.setdefault(event_id(event), event)
 
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    sessions: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for ev in events.values():
         ts = int(ev["event_time"].timestamp())
         for wtype, _length, back in WINDOWS:
             start = ts // 300 * 300 - back
             groups[(wtype, start, ev["event_type"], category_l1(ev["category_code"]))].append(ev)
-        if ev["user_session"] is not None:
-            sessions[ev["user_session"]].append(ev)
 
     aggregations = {}
     for key, evs in groups.items():
@@ -72,31 +75,9 @@ def compute_truth(records: Iterable[Mapping[str, Any]], malformed: int) -> Truth
             "avg_price": sum(prices) / len(prices), "min_price": min(prices),
             "max_price": max(prices),
         }
-    session_rows = {}
-    for sid, evs in sessions.items():
-        times = [e["event_time"] for e in evs]
-        count = defaultdict(int)
-        for e in evs:
-            count[e["event_type"]] += 1
-        session_rows[sid] = {
-            "user_id": min(e["user_id"] for e in evs),
-            "session_start": min(times), "session_end": max(times),
-            "duration_s": int((max(times) - min(times)).total_seconds()),
-            "event_count": len(evs), "views": count["view"], "carts": count["cart"],
-            "purchases": count["purchase"],
-            "revenue": sum(e["price"] for e in evs if e["event_type"] == "purchase"),
-            "unique_products": len({e["product_id"] for e in evs}),
-            "converted": count["purchase"] > 0,
-        }
-    funnel: dict[str, dict[str, Any]] = defaultdict(lambda: defaultdict(int))
-    for s in session_rows.values():
-        day = funnel[s["session_start"].strftime("%Y-%m-%d")]
-        day["sessions"] += 1
-        day["sessions_with_view"] += s["views"] > 0
-        day["sessions_with_cart"] += s["carts"] > 0
-        day["sessions_with_purchase"] += s["purchases"] > 0
-    return Truth(invalid + malformed, events, aggregations, session_rows,
-                 {d: dict(v) for d, v in funnel.items()})
+    session_rows = truth_sessions(events.values())
+    funnel = truth_funnel(session_rows)
+    return Truth(invalid + malformed, events, aggregations, session_rows, funnel)
 
 
 # -- comparing MongoDB with the truth -------------------------------------------------------
@@ -132,27 +113,9 @@ def assert_matches_truth(db: Database, truth: Truth) -> None:
         length = 300 if key[0] == "tumbling_5m" else 600
         assert (_utc(doc["window_end"]) - _utc(doc["window_start"])).total_seconds() == length
 
-    sessions = {d["_id"]: d for d in db.user_session_analytics.find()}
-    assert set(sessions) == set(truth.sessions)
-    for sid, want in truth.sessions.items():
-        doc = sessions[sid]
-        for field in ("user_id", "duration_s", "event_count", "views", "carts", "purchases",
-                      "unique_products", "converted"):
-            assert doc[field] == want[field], (sid, field)
-        assert _utc(doc["session_start"]) == want["session_start"]
-        assert _utc(doc["session_end"]) == want["session_end"]
-        assert doc["revenue"] == pytest.approx(want["revenue"], abs=0.011)
-        assert 0.0 <= doc["session_quality_score"] <= 1.0
-
-    funnel = {d["_id"]: d for d in db.conversion_funnel.find()}
-    assert set(funnel) == set(truth.funnel)
-    for day, want in truth.funnel.items():
-        doc = funnel[day]
-        for field, value in want.items():
-            assert doc[field] == value, (day, field)
-        if want["sessions_with_view"]:
-            assert doc["view_to_cart_rate"] == pytest.approx(
-                want["sessions_with_cart"] / want["sessions_with_view"], abs=1e-6)
+    assert_sessions_equal({d["_id"]: d for d in db.user_session_analytics.find()},
+                          truth.sessions)
+    assert_funnel_equal({d["_id"]: d for d in db.conversion_funnel.find()}, truth.funnel)
 
 
 # -- fixtures -------------------------------------------------------------------------------
@@ -199,7 +162,8 @@ def test_available_now_run_equals_independent_computation(spark, stream_settings
                         on_progress=lambda _q, rec: progress.append(rec))
     assert result.input_rows["events"] == len(records) + malformed
     assert result.input_rows["aggregations"] == len(records) + malformed
-    assert {rec["query"] for rec in progress} == {"events", "aggregations"}
+    assert result.input_rows["sessions"] == len(records) + malformed
+    assert {rec["query"] for rec in progress} == {"events", "aggregations", "sessions"}
     assert_matches_truth(stream_db, truth)
 
     # A second run over the same checkpoints reads nothing new and changes nothing.

@@ -7,12 +7,13 @@ from pyspark.sql import functions as F
 from journey_assets.schema import CSV_COLUMNS, EVENT_SCHEMA, validate_record
 from journey_assets.sources.synthetic import SyntheticConfig, generate_records
 from journey_assets.transforms.events import enrich_events
-from journey_assets.transforms.sessions import conversion_funnel, session_metrics
+from journey_assets.transforms.sessions import funnel_counts, funnel_documents, session_metrics
 from journey_assets.transforms.windows import (
     TUMBLING_5M,
     aggregate_windows,
     explode_windows,
 )
+from journey_assets_tests.session_truth import assert_funnel_equal, assert_sessions_equal
 from journey_assets_tests.test_streaming import compute_truth
 
 
@@ -43,22 +44,12 @@ def test_windows_and_sessions_equal_plain_python(spark) -> None:
         assert (row.window_end - row.window_start).total_seconds() == expected_len
 
     sessions = session_metrics(events).cache()
-    by_id = {r.user_session: r for r in sessions.collect()}
-    assert set(by_id) == set(truth.sessions)
-    for sid, want in truth.sessions.items():
-        row = by_id[sid]
-        assert (row.event_count, row.views, row.carts, row.purchases, row.unique_products,
-                row.duration_s, row.converted) == (
-            want["event_count"], want["views"], want["carts"], want["purchases"],
-            want["unique_products"], want["duration_s"], want["converted"])
-        assert 0.0 <= row.session_quality_score <= 1.0
+    assert_sessions_equal({r.user_session: r.asDict() for r in sessions.collect()},
+                          truth.sessions)
     # More engaged sessions score higher on average (the pandas UDF is wired right).
     converted = sessions.where("converted").agg(F.avg("session_quality_score")).first()[0]
     browsing = sessions.where("not converted").agg(F.avg("session_quality_score")).first()[0]
     assert converted > browsing
 
-    funnel = {r.date: r for r in conversion_funnel(sessions).collect()}
-    assert set(funnel) == set(truth.funnel)
-    for day, want in truth.funnel.items():
-        assert funnel[day].sessions == want["sessions"]
-        assert funnel[day].sessions_with_purchase == want["sessions_with_purchase"]
+    funnel = {d["_id"]: d for d in funnel_documents(funnel_counts(sessions))}
+    assert_funnel_equal(funnel, truth.funnel)

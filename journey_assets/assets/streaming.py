@@ -52,10 +52,13 @@ STREAMING_SPECS = [
                              "category_l1 (10-minute watermark, update mode)."),
     dg.AssetSpec(USER_SESSION_ANALYTICS, group_name=STREAMING_GROUP, kinds=_KINDS,
                  deps=[dg.AssetKey(ENRICHED_EVENTS)],
-                 description="Per user_session, recomputed from the lake for touched sessions."),
+                 description="Per user_session: streaming state (closed 30 minutes of event "
+                             "time after its last event), upserted while open and when closed."),
     dg.AssetSpec(CONVERSION_FUNNEL, group_name=STREAMING_GROUP, kinds=_KINDS,
                  deps=[dg.AssetKey(USER_SESSION_ANALYTICS)],
-                 description="Per day of session_start: sessions per funnel stage and rates."),
+                 description="Per day of session_start: sessions per stage, rates conditional "
+                             "on the previous stage (<= 1), the ordered view -> cart -> "
+                             "purchase funnel, revenue."),
 ]
 
 
@@ -65,7 +68,8 @@ class StreamRunConfig(dg.Config):
     #: Kafka records per micro-batch (0: no cap); bounds the driver's memory and a batch.
     max_offsets_per_trigger: int = DEFAULT_MAX_OFFSETS_PER_TRIGGER
     watermark: str = "10 minutes"
-    sessions_every_seconds: float | None = None  # None: 300 s
+    #: A session closes this many minutes of event time after its last event.
+    session_gap_minutes: float = 30.0
     materialize_every_s: float = 30.0
 
 
@@ -78,7 +82,7 @@ def streaming_pipeline(context: dg.AssetExecutionContext, config: StreamRunConfi
     options = StreamOptions(mode=config.mode, trigger_seconds=config.trigger_seconds,
                             max_offsets_per_trigger=config.max_offsets_per_trigger,
                             watermark=config.watermark,
-                            sessions_every_seconds=config.sessions_every_seconds,
+                            session_gap_minutes=config.session_gap_minutes,
                             write_strategy=mongo.write_strategy)
     reporter = DagsterProgressReporter(context, config.materialize_every_s)
     context.log.info(f"streaming {kafka.topic} -> {mongo.database} ({config.mode})")

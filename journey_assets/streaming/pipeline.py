@@ -1,10 +1,11 @@
-"""The streaming pipeline: two queries over the topic, each with its own checkpoint.
+"""The streaming pipeline: three queries over the topic, each with its own checkpoint.
 
-* ``events`` (stateless, foreachBatch): dead letters, enriched events (MongoDB + lake); every
-  ``sessions_every_seconds`` and at the end of a run, sessions and the daily funnel are
-  recomputed from the lake for the sessions written since the last refresh.
+* ``events`` (stateless, foreachBatch): dead letters, enriched events (MongoDB + lake).
 * ``aggregations`` (stateful, update mode): 10-minute watermark on event_time, exact duplicates
   dropped within the watermark, 5-minute tumbling + 10/5-minute sliding window metrics.
+* ``sessions`` (stateful, update mode): one state per open user_session, closed
+  ``session_gap_minutes`` of event time after its last event; its sink writes the session
+  documents and the daily ordered funnel (``transforms.sessions``).
 
 Both modes run the same code: ``available-now`` (everything in the topic, then stop) and
 ``continuous`` (processing-time trigger until stopped).
@@ -27,7 +28,7 @@ from journey_assets.settings import DEFAULT_MAX_OFFSETS_PER_TRIGGER
 from journey_assets.streaming.sinks import (
     AggregationsSink,
     EventsSink,
-    SessionRefresher,
+    SessionsSink,
     SinkStats,
 )
 from journey_assets.transforms.events import (
@@ -36,6 +37,7 @@ from journey_assets.transforms.events import (
     valid_events,
     with_event_keys,
 )
+from journey_assets.transforms.sessions import session_state_updates
 from journey_assets.transforms.windows import (
     aggregate_windows,
     aggregation_documents,
@@ -49,7 +51,7 @@ CONTINUOUS = "continuous"
 MODES = (AVAILABLE_NOW, CONTINUOUS)
 EVENTS_QUERY = "events"
 AGGREGATIONS_QUERY = "aggregations"
-SESSIONS_STATE = "sessions"
+SESSIONS_QUERY = "sessions"
 
 
 @dataclass(frozen=True)
@@ -67,25 +69,20 @@ class StreamOptions:
     watermark: str = "10 minutes"
     #: Only used when a query has no checkpoint yet; afterwards the checkpoint decides.
     starting_offsets: str = "earliest"
-    session_horizon_days: int = 1
-    #: How often the events query refreshes sessions and the funnel (they read the lake, which
-    #: is too much work for every micro-batch); a run also refreshes when it ends. None: 300 s
-    #: in both modes. A session is only complete 30 minutes after its last event (the session
-    #: gap), so fresher refreshes buy little, and each one is a burst of Spark jobs that slows
-    #: the aggregations query (the latency path) while it runs.
-    sessions_every_seconds: float | None = None
+    #: Run the sessions query (sessions + funnel); off only to measure what it costs.
+    sessions: bool = True
+    #: A session closes this much event time after its last event (once the watermark passes).
+    session_gap_minutes: float = 30.0
+    #: After it closes, a session is remembered this much longer (event time), so that a
+    #: later event of it is dead-lettered (``late_for_session``) instead of starting a new
+    #: document that would replace the final one.
+    session_tombstone_hours: float = 24.0
     write_strategy: str = "auto"
     poll_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
-
-    @property
-    def sessions_interval(self) -> float:
-        if self.sessions_every_seconds is not None:
-            return self.sessions_every_seconds
-        return 300.0
 
     @property
     def events_trigger(self) -> float:
@@ -150,6 +147,14 @@ def windowed_aggregates(kafka_rows: DataFrame, watermark: str) -> DataFrame:
     return aggregate_windows(explode_windows(events))
 
 
+def session_updates(kafka_rows: DataFrame, options: StreamOptions) -> DataFrame:
+    """The sessions query's rows: valid events, watermark, one state per user_session."""
+    events = (with_event_keys(valid_events(parse_kafka_events(kafka_rows)))
+              .withWatermark(EVENT_TIME, options.watermark))
+    return session_state_updates(events, gap_ms=int(options.session_gap_minutes * 60_000),
+                                 tombstone_ms=int(options.session_tombstone_hours * 3_600_000))
+
+
 def _trigger(writer, options: StreamOptions, seconds: float):
     if options.mode == AVAILABLE_NOW:
         return writer.trigger(availableNow=True)
@@ -169,7 +174,6 @@ class StreamingPipeline:
         self.stats = stats or SinkStats()
         self.sink_output: dict[tuple[str, int], dict[str, Any]] = {}
         self.queries: dict[str, StreamingQuery] = {}
-        self._refresher: SessionRefresher | None = None
         self._reported: dict[str, int] = {}
         self._input_rows: dict[str, int] = {}
         self._batches: dict[str, int] = {}
@@ -181,13 +185,9 @@ class StreamingPipeline:
         mongo = MongoTarget(self.target.mongo_uri, self.target.mongo_db,
                             self.options.write_strategy)
         source = kafka_source(self.spark, self.target, self.options)
-        self._refresher = SessionRefresher(
-            mongo, self.target.events_path, self.target.checkpoint(SESSIONS_STATE),
-            self.options.session_horizon_days, self.options.sessions_interval, self.stats)
         events_sink = EventsSink(
             mongo, self.target.events_path, self.target.dead_letters_path,
-            self.target.product_path, self.target.user_path, self._refresher, self.stats,
-            self._record_sink)
+            self.target.product_path, self.target.user_path, self.stats, self._record_sink)
         aggregations_sink = AggregationsSink(mongo, self.stats, self._record_sink)
         events_writer = (
             triage_events(parse_kafka_events(source)).writeStream.queryName(f"{EVENTS_QUERY}")
@@ -207,6 +207,18 @@ class StreamingPipeline:
         events_sink.set_app_id(str(self.queries[EVENTS_QUERY].id))
         self.queries[AGGREGATIONS_QUERY] = _trigger(aggregations_writer, self.options,
                                                     self.options.trigger_seconds).start()
+        if self.options.sessions:
+            sessions_sink = SessionsSink(mongo, self.stats, self._record_sink)
+            sessions_writer = (
+                session_updates(source, self.options).writeStream
+                .queryName(SESSIONS_QUERY).outputMode("update")
+                .option("checkpointLocation", self.target.checkpoint(SESSIONS_QUERY))
+                .foreachBatch(sessions_sink)
+            )
+            self.queries[SESSIONS_QUERY] = _trigger(sessions_writer, self.options,
+                                                    self.options.events_trigger).start()
+            # Its funnel counters are keyed by the query's id, which its checkpoint keeps.
+            sessions_sink.set_query_id(str(self.queries[SESSIONS_QUERY].id))
 
     def report_progress(self) -> None:
         """Hand every micro-batch not reported yet to ``on_progress`` (once each)."""
@@ -252,12 +264,6 @@ class StreamingPipeline:
 
     def active(self) -> bool:
         return any(q.isActive for q in self.queries.values())
-
-    def refresh_sessions(self) -> dict[str, int]:
-        """The end-of-run refresh (call once the queries have stopped)."""
-        if self._refresher is None:
-            return {}
-        return self._refresher.refresh(self.spark)
 
     def stop_queries(self) -> None:
         for query in self.queries.values():
@@ -306,9 +312,6 @@ def _run_once(pipeline: StreamingPipeline, options: StreamOptions,
         if exc is not None:
             raise StreamFailure(f"streaming query failed: {exc}") from exc
         pipeline.report_progress()
-        written = pipeline.refresh_sessions()
-        if written:
-            logger.info("sessions refreshed at the end of the run: %s", written)
     finally:
         pipeline.stop()
 

@@ -10,22 +10,19 @@ by executor tasks (``serving.write_frame``). The driver keeps only counters.
 * MongoDB: after the lake commit, documents with a deterministic ``_id`` go through
   ``upsert_documents`` (insert-only for events: the ``_id`` hashes the event). A crash between
   the two writes re-runs the batch: the lake part is skipped, the MongoDB part is redone.
-* Sessions and the funnel are recomputed from the lake (unique events) for the sessions the
-  commits since the last refresh inserted (the events table's change data feed), every
-  ``interval_s`` and at the end of a run.
+* Sessions are Spark state (``transforms.sessions``): the sessions query's sink upserts each
+  changed session's document (by user_session) and adds the micro-batch's changes to each
+  day's funnel counters once (guarded by the batch id), then rewrites those days' funnels.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import os
 import signal
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from pyspark import StorageLevel
@@ -35,21 +32,28 @@ from pyspark.sql import functions as F
 from journey_assets import lake
 from journey_assets.resources.spark import scheduler_pool
 from journey_assets.schema import EVENT_DATE, EVENT_ID, USER_SESSION
-from journey_assets.serving import FAULT_ENV, MongoTarget, WriteSummary, write_frame
+from journey_assets.serving import (
+    FAULT_ENV,
+    MongoTarget,
+    WriteSummary,
+    add_counters_once,
+    mongo_client,
+    write_frame,
+)
 from journey_assets.transforms.events import (
     LAKE_COLUMNS,
     REASON,
     SOURCE,
     dead_letter_rows,
     join_dimensions,
-    read_event_lake,
 )
 from journey_assets.transforms.sessions import (
-    SESSION_DATE,
-    conversion_funnel,
-    funnel_documents,
-    session_documents,
-    session_metrics,
+    KIND,
+    LATE_FOR_SESSION,
+    LATE_ROW,
+    funnel_deltas,
+    funnel_document,
+    streamed_session_documents,
 )
 
 ENRICHED_EVENTS = "enriched_events"
@@ -57,6 +61,8 @@ DEAD_LETTER_EVENTS = "dead_letter_events"
 EVENT_AGGREGATIONS = "event_aggregations"
 USER_SESSION_ANALYTICS = "user_session_analytics"
 CONVERSION_FUNNEL = "conversion_funnel"
+#: The funnel's per-day counters, per sessions query (internal; conversion_funnel derives).
+FUNNEL_COUNTERS = "conversion_funnel_counters"
 #: FAIR pools (resources/fair_scheduler.xml): latency-bound aggregations before bulk events.
 AGGREGATIONS_POOL = "aggregations"
 EVENTS_POOL = "events"
@@ -111,112 +117,22 @@ def _dimension(spark: SparkSession, path: str) -> DataFrame | None:
     return lake.read_table(spark, path) if lake.is_table(spark, path) else None
 
 
-class SessionRefresher:
-    """Recompute ``user_session_analytics`` and ``conversion_funnel`` for the sessions the
-    events table's commits since the last refresh inserted (its change data feed).
-
-    The last refreshed table version is kept in ``state_dir`` and written only after the
-    upserts, so after a crash the next refresh covers the same commits again (the upserts are
-    idempotent). A session lasts at most ``horizon_days`` (sessions end after a 30-minute
-    pause), so a session holding an event of day D started on D-h..D and all its events lie
-    within D-h..D+h: reading those lake partitions gives complete sessions.
-    """
-
-    def __init__(self, mongo: MongoTarget, events_path: str, state_dir: str,
-                 horizon_days: int = 1, interval_s: float = 30.0,
-                 stats: SinkStats | None = None) -> None:
-        self.mongo = mongo
-        self.events_path = events_path
-        self.state_file = Path(state_dir) / "refreshed.json"
-        self.horizon = horizon_days
-        self.interval_s = interval_s
-        self.stats = stats or SinkStats()
-        self._last_run = time.monotonic()
-
-    def due(self) -> bool:
-        return time.monotonic() - self._last_run >= self.interval_s
-
-    def _refreshed_version(self) -> int:
-        if not self.state_file.exists():
-            return -1
-        return int(json.loads(self.state_file.read_text())["last_version"])
-
-    def _mark(self, version: int) -> None:
-        self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        staging = self.state_file.with_suffix(".tmp")
-        staging.write_text(json.dumps({"last_version": version}))
-        os.replace(staging, self.state_file)
-
-    def refresh(self, spark: SparkSession) -> dict[str, int]:
-        """Refresh now; returns documents written per collection ({} if nothing was new)."""
-        self._last_run = time.monotonic()
-        if not lake.is_table(spark, self.events_path):
-            return {}
-        version = lake.table_version(spark, self.events_path)
-        after = self._refreshed_version()
-        if version <= after:
-            return {}
-        start = time.perf_counter()
-        inserted = (lake.read_inserted_since(spark, self.events_path, after)
-                    .where(F.col("_commit_version") <= version)
-                    .select(USER_SESSION, EVENT_DATE).persist())
-        try:
-            dates = sorted(r[0] for r in inserted.select(EVENT_DATE).distinct().collect())
-            touched = (inserted.select(USER_SESSION).where(F.col(USER_SESSION).isNotNull())
-                       .distinct())
-            written = self._recompute(spark, touched, dates, version) if dates else {}
-        finally:
-            inserted.unpersist()
-        self.stats.add_seconds("sessions_refresh", time.perf_counter() - start)
-        self._mark(version)
-        return written
-
-    def _recompute(self, spark: SparkSession, touched: DataFrame, dates: list[dt.date],
-                   version: int) -> dict[str, int]:
-        first = min(dates) - dt.timedelta(days=self.horizon)
-        last = max(dates) + dt.timedelta(days=self.horizon)
-        # Both results read the same unique events: read the lake once.
-        history = read_event_lake(spark, self.events_path, first.isoformat(),
-                                  last.isoformat(), version=version).persist()
-        try:
-            # Full metrics (with the pandas-UDF score) only for the touched sessions; the
-            # funnel needs every session of its days, but only their counts.
-            sessions = session_documents(session_metrics(
-                history.join(F.broadcast(touched), USER_SESSION, "left_semi")))
-            days = sorted({(d - dt.timedelta(days=k)).isoformat()
-                           for d in dates for k in range(self.horizon + 1)})
-            funnel = funnel_documents(conversion_funnel(
-                session_metrics(history, with_quality_score=False)
-                .where(F.col(SESSION_DATE).isin(days))))
-            return {
-                USER_SESSION_ANALYTICS: self.stats.timed_write(sessions, self.mongo,
-                                                               USER_SESSION_ANALYTICS),
-                CONVERSION_FUNNEL: self.stats.timed_write(funnel, self.mongo,
-                                                          CONVERSION_FUNNEL),
-            }
-        finally:
-            history.unpersist()
-
-
 class EventsSink:
     """foreachBatch of the ``events`` query (rows of ``triage_events``): the lake commit
-    (events and dead letters), then the MongoDB documents, then - when due - the
-    session/funnel refresh, which reads the lake.
+    (events and dead letters), then the MongoDB documents.
 
     ``app_id`` is the query's id (Spark keeps it in the checkpoint): the pipeline hands it over
     once ``start()`` returns, which may be after the first batch has begun.
     """
 
     def __init__(self, mongo: MongoTarget, events_path: str, dead_letters_path: str,
-                 product_path: str, user_path: str, refresher: SessionRefresher,
-                 stats: SinkStats | None = None,
+                 product_path: str, user_path: str, stats: SinkStats | None = None,
                  on_batch: Callable[[str, int, dict[str, Any]], None] | None = None) -> None:
         self.mongo = mongo
         self.events_path = events_path
         self.dead_letters_path = dead_letters_path
         self.product_path = product_path
         self.user_path = user_path
-        self.refresher = refresher
         self.stats = stats or SinkStats()
         self.on_batch = on_batch
         self._app_id: str | None = None
@@ -236,8 +152,6 @@ class EventsSink:
             out = self._write(spark, triaged, batch_id)
         finally:
             triaged.unpersist()
-        if self.refresher.due():
-            out.update(self.refresher.refresh(spark))
         if self.on_batch is not None:
             self.on_batch("events", batch_id, out)
 
@@ -298,3 +212,78 @@ class AggregationsSink:
         written = self.stats.timed_write(batch, self.mongo, EVENT_AGGREGATIONS)
         if self.on_batch is not None:
             self.on_batch("aggregations", batch_id, {EVENT_AGGREGATIONS: written})
+
+
+class SessionsSink:
+    """foreachBatch of the ``sessions`` query (rows of ``session_state_updates``).
+
+    1. the batch is materialized once (the state store commits here);
+    2. the changed sessions' documents are upserted from the executors (a replay writes the
+       same documents again);
+    3. events late for a closed session become dead letters (reason ``late_for_session``);
+    4. the batch's per-day funnel changes (a few rows) are added to the days' counters once -
+       keyed by the query id (Spark keeps it in the checkpoint, so a new checkpoint counts
+       afresh) and guarded by the batch id - and those days' funnel documents are rewritten.
+    """
+
+    def __init__(self, mongo: MongoTarget, stats: SinkStats | None = None,
+                 on_batch: Callable[[str, int, dict[str, Any]], None] | None = None) -> None:
+        self.mongo = mongo
+        self.stats = stats or SinkStats()
+        self.on_batch = on_batch
+        self._query_id: str | None = None
+        self._query_id_ready = threading.Event()
+
+    def set_query_id(self, query_id: str) -> None:
+        self._query_id = query_id
+        self._query_id_ready.set()
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        scheduler_pool(batch.sparkSession, EVENTS_POOL)
+        if not self._query_id_ready.wait(timeout=120):
+            raise RuntimeError("the sessions query's id never reached its sink")
+        updates = batch.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            kinds = {r[KIND]: r["count"] for r in updates.groupBy(KIND).count().collect()}
+            fault_point("after_session_state", batch_id)
+            out: dict[str, Any] = {}
+            if kinds:
+                out = self._write(updates, batch_id, kinds)
+        finally:
+            updates.unpersist()
+        if self.on_batch is not None:
+            self.on_batch("sessions", batch_id, out)
+
+    def _write(self, updates: DataFrame, batch_id: int, kinds: dict[str, int]) -> dict[str, Any]:
+        out: dict[str, Any] = {LATE_FOR_SESSION: kinds.get(LATE_ROW, 0)}
+        out[USER_SESSION_ANALYTICS] = self.stats.timed_write(
+            streamed_session_documents(updates), self.mongo, USER_SESSION_ANALYTICS)
+        if kinds.get(LATE_ROW):
+            late = updates.where(F.col(KIND) == LATE_ROW).select(
+                F.concat(F.lit(f"{LATE_FOR_SESSION}:"),
+                         F.get_json_object("late_event", f"$.{EVENT_ID}")).alias("_id"),
+                F.lit(LATE_FOR_SESSION).alias(REASON),
+                F.col("late_event").alias("raw"),
+                F.to_json(F.struct(F.lit("sessions").alias("query"),
+                                   USER_SESSION)).alias(SOURCE),
+                F.current_timestamp().alias("received_at"))
+            # Insert-only: a replay keeps the first record (and its received_at).
+            out[DEAD_LETTER_EVENTS] = self.stats.timed_write(
+                late, self.mongo, DEAD_LETTER_EVENTS, keep_existing=True, json_fields=(SOURCE,))
+        start = time.perf_counter()
+        client = mongo_client(self.mongo.uri)
+        try:
+            db = client[self.mongo.database]
+            days = funnel_deltas(updates).collect()
+            for row in days:
+                deltas = row.asDict()
+                day = deltas.pop("date")
+                counts = add_counters_once(db, FUNNEL_COUNTERS, f"{self._query_id}:{day}",
+                                           batch_id, deltas)
+                db[CONVERSION_FUNNEL].replace_one({"_id": day}, funnel_document(day, counts),
+                                                  upsert=True)
+        finally:
+            client.close()
+        self.stats.add_seconds(f"mongo.{CONVERSION_FUNNEL}", time.perf_counter() - start)
+        out[CONVERSION_FUNNEL] = len(days)
+        return out

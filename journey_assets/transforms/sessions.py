@@ -1,42 +1,119 @@
-"""Session analytics (``user_session_analytics``) and the daily ``conversion_funnel``.
+"""Sessions (``user_session_analytics``) and the daily ordered ``conversion_funnel``.
 
-Both are computed from unique events (the lake, deduplicated by event_id), so a stream that
-recomputes the sessions a micro-batch touched lands on exactly the batch result.
+One set of definitions, two executions:
+
+* **streaming**: ``session_state_updates`` keeps each open ``user_session`` as Spark state
+  (``applyInPandasWithState``, event-time timeout) and emits its current document whenever it
+  changes, and its final one when ``gap`` of event time has passed its last event (once the
+  watermark says so). ``summarize_session`` computes a document from the session's events.
+* **batch**: ``session_metrics`` computes the same columns with Spark expressions over unique
+  events (the lake), ``lake_sessions`` for the sessions that start in any date range.
+
+Definitions (also in the README):
+
+* A session is all unique events (by event_id) of one ``user_session``; it starts at its first
+  event and its day (``session_date``) is that event's UTC date, even when it runs past
+  midnight or for more than a day.
+* ``ordered_step``: how far the session got through view -> cart -> purchase in order: 1 if it
+  has a view, 2 if it also has a cart at or after its first view, 3 if it also has a purchase at
+  or after that cart (the earliest such cart). Ties in time count as in order.
+* The funnel of a day counts the sessions that start that day. ``sessions_with_<stage>``:
+  sessions that have the stage at all; ``view_to_cart_rate`` = sessions with a view and a cart /
+  sessions with a view; ``cart_to_purchase_rate`` = with a cart and a purchase / with a cart;
+  ``view_to_purchase_rate`` = with a view and a purchase / with a view (0 when the denominator
+  is 0, so every rate is in [0, 1]). ``ordered_steps``: for each step k, ``sessions`` that reached
+  it in order, ``conversion_from_previous`` = n_k / n_(k-1), ``conversion_overall`` = n_k / n_1,
+  ``drop_off`` = n_(k-1) - n_k (the first step: 1, 1, 0). ``revenue``: the day's purchases.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from functools import partial
+from typing import Any
+
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
-from pyspark.sql.types import DoubleType
+from pyspark.sql.streaming.state import GroupState, GroupStateTimeout
+from pyspark.sql.types import (
+    BooleanType,
+    DoubleType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+)
 
-from journey_assets.schema import EVENT_TIME, EVENT_TYPE, PRICE, PRODUCT_ID, USER_ID, USER_SESSION
+from journey_assets.schema import (
+    EVENT_DATE,
+    EVENT_ID,
+    EVENT_TIME,
+    EVENT_TYPE,
+    PRICE,
+    PRODUCT_ID,
+    USER_ID,
+    USER_SESSION,
+)
+from journey_assets.transforms import state_compat
 
 SESSION_DATE = "session_date"
+ORDERED_STEP = "ordered_step"
+CLOSED = "closed"
+#: Rows of ``session_state_updates``: a session's document, or an event late for its session.
+KIND = "kind"
+SESSION_ROW = "session"
+LATE_ROW = "late"
+LATE_FOR_SESSION = "late_for_session"
+FUNNEL_STEPS = ("view", "cart", "purchase")
+
+#: Per session, what it adds to its day's funnel counters (``funnel_contributions``).
+FUNNEL_COUNTS = ("sessions", "sessions_with_view", "sessions_with_cart",
+                 "sessions_with_purchase", "sessions_with_view_and_cart",
+                 "sessions_with_cart_and_purchase", "sessions_with_view_and_purchase",
+                 "ordered_cart", "ordered_purchase", "revenue_cents")
+
+_US = 1_000_000
+
+# Workers unpickling the state function import this module first: the fix is in place before
+# they read a micro-batch (see state_compat).
+state_compat.install()
 
 
-def _is(event_type: str) -> F.Column:
-    return F.when(F.col(EVENT_TYPE) == event_type, F.lit(1)).otherwise(F.lit(0))
+# -- the engagement score (one formula for the streaming function and the batch UDF) ---------
+def quality_formula(event_count: Any, duration_s: Any, unique_products: Any, carts: Any,
+                    purchases: Any) -> np.ndarray:
+    """Engagement score in [0, 1]: depth (events, products), time spent, buying intent."""
+    depth = 1.0 - np.exp(-np.asarray(event_count, dtype=float) / 8.0)
+    breadth = np.minimum(np.asarray(unique_products, dtype=float) / 5.0, 1.0)
+    dwell = np.log1p(np.maximum(np.asarray(duration_s, dtype=float), 0.0)) / np.log1p(3600.0)
+    intent = np.where(np.asarray(purchases) > 0, 1.0,
+                      np.where(np.asarray(carts) > 0, 0.5, 0.0))
+    return np.round(0.25 * depth + 0.15 * breadth + 0.2 * np.minimum(dwell, 1.0)
+                    + 0.4 * intent, 4)
 
 
 @pandas_udf(DoubleType())  # type: ignore[call-overload]
 def session_quality_score(event_count: pd.Series, duration_s: pd.Series,
                           unique_products: pd.Series, carts: pd.Series,
                           purchases: pd.Series) -> pd.Series:
-    """Engagement score in [0, 1]: depth (events, products), time spent, buying intent.
+    """``quality_formula`` over Arrow batches (a nested Spark expression would be clumsy; a
+    row-at-a-time Python UDF is ~4x slower here)."""
+    return pd.Series(quality_formula(event_count, duration_s, unique_products, carts,
+                                     purchases))
 
-    A pandas UDF: a vectorised numpy formula over Arrow batches (saturating curves are clumsy
-    as nested Spark expressions; a row-at-a-time Python UDF is ~4x slower here).
-    """
-    depth = 1.0 - np.exp(-event_count.to_numpy(dtype=float) / 8.0)
-    breadth = np.minimum(unique_products.to_numpy(dtype=float) / 5.0, 1.0)
-    dwell = np.log1p(np.maximum(duration_s.to_numpy(dtype=float), 0.0)) / np.log1p(3600.0)
-    intent = np.where(purchases.to_numpy() > 0, 1.0, np.where(carts.to_numpy() > 0, 0.5, 0.0))
-    score = 0.25 * depth + 0.15 * breadth + 0.2 * np.minimum(dwell, 1.0) + 0.4 * intent
-    return pd.Series(np.round(score, 4))
+
+# -- batch: Spark expressions over unique events ---------------------------------------------
+def _count_of(event_type: str) -> Column:
+    return F.sum(F.when(F.col(EVENT_TYPE) == event_type, 1).otherwise(0))
+
+
+def _times_of(event_type: str) -> Column:
+    return F.collect_list(F.when(F.col(EVENT_TYPE) == event_type, F.col("_us")))
 
 
 def session_metrics(events: DataFrame, with_quality_score: bool = True) -> DataFrame:
@@ -44,19 +121,30 @@ def session_metrics(events: DataFrame, with_quality_score: bool = True) -> DataF
     purchase_price = F.when(F.col(EVENT_TYPE) == "purchase", F.col(PRICE)).otherwise(F.lit(0.0))
     sessions = (
         events.where(F.col(USER_SESSION).isNotNull())
+        .withColumn("_us", F.unix_micros(EVENT_TIME))
         .groupBy(USER_SESSION)
         .agg(
             F.min(USER_ID).alias(USER_ID),
             F.min(EVENT_TIME).alias("session_start"),
             F.max(EVENT_TIME).alias("session_end"),
             F.count(F.lit(1)).alias("event_count"),
-            F.sum(_is("view")).alias("views"),
-            F.sum(_is("cart")).alias("carts"),
-            F.sum(_is("remove_from_cart")).alias("removes"),
-            F.sum(_is("purchase")).alias("purchases"),
+            _count_of("view").alias("views"),
+            _count_of("cart").alias("carts"),
+            _count_of("remove_from_cart").alias("removes"),
+            _count_of("purchase").alias("purchases"),
             F.round(F.sum(purchase_price), 2).alias("revenue"),
             F.countDistinct(PRODUCT_ID).alias("unique_products"),
+            F.min(F.when(F.col(EVENT_TYPE) == "view", F.col("_us"))).alias("_view"),
+            _times_of("cart").alias("_carts"),
+            _times_of("purchase").alias("_purchases"),
         )
+        .withColumn("_cart", F.array_min(F.filter("_carts", lambda t: t >= F.col("_view"))))
+        .withColumn("_purchase",
+                    F.array_min(F.filter("_purchases", lambda t: t >= F.col("_cart"))))
+        .withColumn(ORDERED_STEP, F.when(F.col("_view").isNull(), 0)
+                    .when(F.col("_cart").isNull(), 1)
+                    .when(F.col("_purchase").isNull(), 2).otherwise(3))
+        .drop("_view", "_carts", "_purchases", "_cart", "_purchase")
         .withColumn("duration_s", F.unix_timestamp("session_end") - F.unix_timestamp("session_start"))
         .withColumn("converted", F.col("purchases") > 0)
         .withColumn(SESSION_DATE, F.date_format("session_start", "yyyy-MM-dd"))
@@ -67,39 +155,274 @@ def session_metrics(events: DataFrame, with_quality_score: bool = True) -> DataF
     return sessions
 
 
+def lake_sessions(spark: SparkSession, events_path: str, first_day: str, last_day: str,
+                  version: int | None = None) -> DataFrame:
+    """Sessions that start in ``[first_day, last_day]``, complete: a session is read whole from
+    the lake however long it runs (its events are found by user_session in every partition)."""
+    from journey_assets.transforms.events import read_event_lake
+
+    events = read_event_lake(spark, events_path, version=version)
+    touched = (events.where(F.col(EVENT_DATE).between(F.lit(first_day).cast("date"),
+                                                      F.lit(last_day).cast("date")))
+               .select(USER_SESSION).where(F.col(USER_SESSION).isNotNull()).distinct())
+    return (session_metrics(events.join(touched, USER_SESSION, "left_semi"))
+            .where(F.col(SESSION_DATE).between(first_day, last_day)))
+
+
 def session_documents(sessions: DataFrame) -> DataFrame:
     return sessions.select(F.col(USER_SESSION).alias("_id"), "*")
 
 
-def _rate(numerator: str, denominator: str) -> F.Column:
-    return F.when(F.col(denominator) > 0,
-                  F.round(F.col(numerator) / F.col(denominator), 6)).otherwise(F.lit(0.0))
+# -- the funnel: per-session contributions, per-day counters, documents ----------------------
+def funnel_contributions(prefix: str = "", sign: int = 1) -> list[Column]:
+    """What a session row adds to its day's counters (``FUNNEL_COUNTS``), times ``sign``.
 
-
-def conversion_funnel(sessions: DataFrame) -> DataFrame:
-    """Per day of session_start: sessions reaching each stage and stage-to-stage rates.
-
-    view_to_cart_rate = sessions_with_cart / sessions_with_view,
-    cart_to_purchase_rate = sessions_with_purchase / sessions_with_cart,
-    view_to_purchase_rate = sessions_with_purchase / sessions_with_view (0 when undefined).
+    ``prefix`` reads the session's previous values (``prev_``) in a streaming update row.
     """
-    def has(col: str) -> F.Column:
-        return F.sum(F.when(F.col(col) > 0, 1).otherwise(0))
+    def has(column: str) -> Column:
+        return F.col(prefix + column) > 0
 
-    return (
-        sessions.groupBy(F.col(SESSION_DATE).alias("date"))
-        .agg(
-            F.count(F.lit(1)).alias("sessions"),
-            has("views").alias("sessions_with_view"),
-            has("carts").alias("sessions_with_cart"),
-            has("purchases").alias("sessions_with_purchase"),
-            F.round(F.sum("revenue"), 2).alias("revenue"),
-        )
-        .withColumn("view_to_cart_rate", _rate("sessions_with_cart", "sessions_with_view"))
-        .withColumn("cart_to_purchase_rate", _rate("sessions_with_purchase", "sessions_with_cart"))
-        .withColumn("view_to_purchase_rate", _rate("sessions_with_purchase", "sessions_with_view"))
-    )
+    def count(condition: Column) -> Column:
+        return F.when(condition, sign).otherwise(0).cast("long")
+
+    step = F.col(prefix + ORDERED_STEP)
+    values = {
+        "sessions": F.lit(sign).cast("long"),
+        "sessions_with_view": count(has("views")),
+        "sessions_with_cart": count(has("carts")),
+        "sessions_with_purchase": count(has("purchases")),
+        "sessions_with_view_and_cart": count(has("views") & has("carts")),
+        "sessions_with_cart_and_purchase": count(has("carts") & has("purchases")),
+        "sessions_with_view_and_purchase": count(has("views") & has("purchases")),
+        "ordered_cart": count(step >= 2),
+        "ordered_purchase": count(step >= 3),
+        "revenue_cents": (F.round(F.col(prefix + "revenue") * 100) * sign).cast("long"),
+    }
+    return [values[name].alias(name) for name in FUNNEL_COUNTS]
 
 
-def funnel_documents(funnel: DataFrame) -> DataFrame:
-    return funnel.select(F.col("date").alias("_id"), "*")
+def funnel_counts(sessions: DataFrame) -> DataFrame:
+    """Per ``session_date``: the sums of ``funnel_contributions`` (one row a day)."""
+    return (sessions.select(F.col(SESSION_DATE).alias("date"), *funnel_contributions())
+            .groupBy("date").agg(*[F.sum(c).alias(c) for c in FUNNEL_COUNTS]))
+
+
+def _ratio(numerator: int, denominator: int) -> float:
+    return round(numerator / denominator, 6) if denominator > 0 else 0.0
+
+
+def funnel_document(day: str, counts: Mapping[str, int]) -> dict[str, Any]:
+    """The ``conversion_funnel`` document of one day from its counters."""
+    c = {name: int(counts.get(name, 0) or 0) for name in FUNNEL_COUNTS}
+    reached = [c["sessions_with_view"], c["ordered_cart"], c["ordered_purchase"]]
+    steps = []
+    for k, (step, n) in enumerate(zip(FUNNEL_STEPS, reached, strict=True)):
+        previous = reached[k - 1] if k else n
+        steps.append({"step": step, "sessions": n,
+                      "conversion_from_previous": _ratio(n, previous),
+                      "conversion_overall": _ratio(n, reached[0]),
+                      "drop_off": previous - n})
+    return {
+        "_id": day, "date": day,
+        **{name: c[name] for name in FUNNEL_COUNTS if name != "revenue_cents"},
+        "revenue": round(c["revenue_cents"] / 100, 2),
+        "view_to_cart_rate": _ratio(c["sessions_with_view_and_cart"], c["sessions_with_view"]),
+        "cart_to_purchase_rate": _ratio(c["sessions_with_cart_and_purchase"],
+                                        c["sessions_with_cart"]),
+        "view_to_purchase_rate": _ratio(c["sessions_with_view_and_purchase"],
+                                        c["sessions_with_view"]),
+        "ordered_steps": steps,
+    }
+
+
+def funnel_documents(counts: DataFrame) -> list[dict[str, Any]]:
+    """Funnel documents from ``funnel_counts`` (one small row a day, so collected)."""
+    return [funnel_document(r["date"], r.asDict()) for r in counts.collect()]
+
+
+def funnel_rates(doc: Mapping[str, Any]) -> list[float]:
+    """Every rate of a funnel document (the asset check's and the tests' view)."""
+    rates = [doc[k] for k in ("view_to_cart_rate", "cart_to_purchase_rate",
+                              "view_to_purchase_rate")]
+    for step in doc.get("ordered_steps", []):
+        rates += [step["conversion_from_previous"], step["conversion_overall"]]
+    return rates
+
+
+# -- streaming: one state per open user_session ---------------------------------------------
+#: A session's events in its state: [event_id, event_us, event_type, product_id, price, user_id]
+_EVENT_FIELDS = (EVENT_ID, "event_us", EVENT_TYPE, PRODUCT_ID, PRICE, USER_ID)
+STATE_SCHEMA = StructType([
+    StructField("events", StringType()),  # JSON list of _EVENT_FIELDS rows
+    StructField(CLOSED, BooleanType()),
+    StructField("end_us", LongType()),
+])
+_SUMMARY_FIELDS = [
+    StructField(USER_ID, LongType()),
+    StructField("start_us", LongType()),
+    StructField("end_us", LongType()),
+    StructField("event_count", LongType()),
+    StructField("views", LongType()),
+    StructField("carts", LongType()),
+    StructField("removes", LongType()),
+    StructField("purchases", LongType()),
+    StructField("revenue", DoubleType()),
+    StructField("unique_products", LongType()),
+    StructField(ORDERED_STEP, IntegerType()),
+]
+#: The previous document's fields the funnel needs (to take its contribution back).
+_PREV_FIELDS = ("start_us", "views", "carts", "purchases", "revenue", ORDERED_STEP)
+UPDATE_SCHEMA = StructType([
+    StructField(KIND, StringType()),
+    StructField(USER_SESSION, StringType()),
+    *_SUMMARY_FIELDS,
+    StructField("session_quality_score", DoubleType()),
+    StructField(CLOSED, BooleanType()),
+    *[StructField(f"prev_{f.name}", f.dataType) for f in _SUMMARY_FIELDS
+      if f.name in _PREV_FIELDS],
+    StructField("late_event", StringType()),  # JSON of a late event (kind = late)
+])
+
+
+def summarize_session(events: Iterable[list[Any]]) -> dict[str, Any]:
+    """A session's document fields from its unique events (rows of ``_EVENT_FIELDS``)."""
+    rows = sorted(events, key=lambda e: (e[1], e[0]))
+    counts = {"view": 0, "cart": 0, "remove_from_cart": 0, "purchase": 0}
+    revenue = 0.0
+    step, reached_at = 0, 0
+    for _eid, _time, event_type, _pid, price, _uid in rows:
+        counts[event_type] = counts.get(event_type, 0) + 1
+        if event_type == "purchase":
+            revenue += price
+    # view -> cart -> purchase in order: the earliest view, then the earliest cart at or
+    # after it, then the earliest purchase at or after that cart.
+    for k, wanted in enumerate(FUNNEL_STEPS):
+        times = [us for _e, us, t, *_ in rows if t == wanted and (k == 0 or us >= reached_at)]
+        if not times:
+            break
+        step, reached_at = k + 1, min(times)
+    return {
+        USER_ID: min(e[5] for e in rows),
+        "start_us": rows[0][1], "end_us": rows[-1][1],
+        "event_count": len(rows), "views": counts["view"], "carts": counts["cart"],
+        "removes": counts["remove_from_cart"], "purchases": counts["purchase"],
+        "revenue": round(revenue, 2),
+        "unique_products": len({e[3] for e in rows}),
+        ORDERED_STEP: step,
+    }
+
+
+def _update_row(user_session: str, summary: dict[str, Any], closed: bool,
+                previous: dict[str, Any] | None) -> dict[str, Any]:
+    duration_s = summary["end_us"] // _US - summary["start_us"] // _US
+    score = float(quality_formula(summary["event_count"], duration_s,
+                                  summary["unique_products"], summary["carts"],
+                                  summary["purchases"]))
+    row = {KIND: SESSION_ROW, USER_SESSION: user_session, **summary,
+           "session_quality_score": score, CLOSED: closed, "late_event": None}
+    for name in _PREV_FIELDS:
+        row[f"prev_{name}"] = None if previous is None else previous[name]
+    return row
+
+
+def _late_row(user_session: str, event: list[Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {f.name: None for f in UPDATE_SCHEMA.fields}
+    row.update({KIND: LATE_ROW, USER_SESSION: user_session,
+                "late_event": json.dumps(dict(zip(_EVENT_FIELDS, event, strict=True)))})
+    return row
+
+
+def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=UPDATE_SCHEMA.fieldNames())
+    return frame.astype({f.name: "Int64" for f in UPDATE_SCHEMA.fields
+                         if isinstance(f.dataType, LongType | IntegerType)})
+
+
+def _update_session(key: tuple[str], batches: Iterator[pd.DataFrame], state: GroupState,
+                    gap_ms: int, tombstone_ms: int) -> Iterator[pd.DataFrame]:
+    """applyInPandasWithState function: one user_session's new events, or its timeout.
+
+    State: the session's unique events while open; after it closes, a tombstone (no events)
+    kept ``tombstone_ms`` more of event time, so a later event of that session is reported as
+    late (a ``late`` row, dead-lettered with reason ``late_for_session``) instead of starting a
+    second, partial document that would replace the final one.
+    """
+    (user_session,) = key
+    stored = state.get if state.exists else None
+    if state.hasTimedOut:
+        if stored is None or stored[1]:  # a tombstone expired: forget the session
+            state.remove()
+            return
+        events = json.loads(stored[0])
+        summary = summarize_session(events)
+        state.update(("[]", True, stored[2]))
+        state.setTimeoutTimestamp(max(stored[2] // 1000 + gap_ms + tombstone_ms,
+                                      state.getCurrentWatermarkMs() + 1))
+        yield _frame([_update_row(user_session, summary, True, summary)])
+        return
+    new = [list(row) for frame in batches
+           for row in frame[list(_EVENT_FIELDS)].itertuples(index=False, name=None)]
+    if stored is not None and stored[1]:
+        yield _frame([_late_row(user_session, e) for e in new])
+        return
+    known = {e[0]: e for e in json.loads(stored[0])} if stored is not None else {}
+    previous = summarize_session(known.values()) if known else None
+    merged = dict(known)
+    for event in new:
+        merged.setdefault(event[0], [event[0], int(event[1]), event[2], int(event[3]),
+                                     float(event[4]), int(event[5])])
+    if len(merged) == len(known):  # only repeats of events it has: nothing changed
+        return
+    summary = summarize_session(merged.values())
+    state.update((json.dumps(list(merged.values())), False, summary["end_us"]))
+    state.setTimeoutTimestamp(summary["end_us"] // 1000 + gap_ms)
+    yield _frame([_update_row(user_session, summary, False, previous)])
+
+
+def session_state_updates(events: DataFrame, gap_ms: int, tombstone_ms: int) -> DataFrame:
+    """Streaming: valid, keyed events with a watermark -> session update rows.
+
+    A ``session`` row is a session's current document (``closed`` once ``gap_ms`` of event
+    time has passed its last event) with its previous funnel fields (``prev_*``); a ``late``
+    row is an event that arrived after its session closed. Events older than the watermark
+    are dropped by Spark before the state (counted as late rows in the query's progress).
+    """
+    keyed = (events.where(F.col(USER_SESSION).isNotNull())
+             .select(USER_SESSION, EVENT_TIME, EVENT_ID, F.unix_micros(EVENT_TIME).alias("event_us"),
+                     EVENT_TYPE, PRODUCT_ID, PRICE, USER_ID))
+    rows = keyed.groupBy(USER_SESSION).applyInPandasWithState(
+        partial(_update_session, gap_ms=gap_ms, tombstone_ms=tombstone_ms),
+        UPDATE_SCHEMA, STATE_SCHEMA, "update", GroupStateTimeout.EventTimeTimeout)
+    return rows
+
+
+def _session_columns(prefix: str = "") -> list[Column]:
+    start = F.timestamp_micros(F.col(f"{prefix}start_us"))
+    return [F.date_format(start, "yyyy-MM-dd").alias(f"{prefix}{SESSION_DATE}")]
+
+
+def streamed_session_documents(updates: DataFrame) -> DataFrame:
+    """``user_session_analytics`` documents of the ``session`` rows (batch's columns + closed)."""
+    start, end = F.timestamp_micros(F.col("start_us")), F.timestamp_micros(F.col("end_us"))
+    return updates.where(F.col(KIND) == SESSION_ROW).select(
+        F.col(USER_SESSION).alias("_id"), USER_SESSION, USER_ID,
+        start.alias("session_start"), end.alias("session_end"),
+        "event_count", "views", "carts", "removes", "purchases", "revenue", "unique_products",
+        ORDERED_STEP,
+        ((F.col("end_us") / _US).cast("long") - (F.col("start_us") / _US).cast("long"))
+        .alias("duration_s"),
+        (F.col("purchases") > 0).alias("converted"),
+        *_session_columns(), "session_quality_score", CLOSED)
+
+
+def funnel_deltas(updates: DataFrame) -> DataFrame:
+    """Per day: what a micro-batch's session rows change in the funnel counters (the new
+    contribution of each session minus its previous one; a session whose start moved to
+    another day moves between days)."""
+    sessions = updates.where(F.col(KIND) == SESSION_ROW)
+    new = sessions.select(*_session_columns(), *funnel_contributions())
+    old = (sessions.where(F.col("prev_start_us").isNotNull())
+           .select(*_session_columns("prev_"), *funnel_contributions("prev_", -1)))
+    return (new.unionByName(old.withColumnRenamed(f"prev_{SESSION_DATE}", SESSION_DATE))
+            .groupBy(F.col(SESSION_DATE).alias("date"))
+            .agg(*[F.sum(c).alias(c) for c in FUNNEL_COUNTS]))
