@@ -18,6 +18,7 @@ from journey_assets.assets.maintenance import (
     lake_maintenance_schedule,
 )
 from journey_assets.assets.streaming import (
+    STREAMING_CHECKS,
     streaming_catchup_job,
     streaming_job,
     streaming_pipeline,
@@ -40,7 +41,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=[customer_events_topic, dimension_tables, streaming_pipeline, lake_maintenance,
                 *batch.assets],
-        asset_checks=[*DIMENSION_CHECKS],
+        asset_checks=[*DIMENSION_CHECKS, *STREAMING_CHECKS],
         jobs=[kafka_replay, streaming_job, streaming_catchup_job, lake_maintenance_job,
               *batch.jobs],
         schedules=[*batch.schedules, lake_maintenance_schedule],

@@ -23,7 +23,7 @@ import contextlib
 import json
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -278,29 +278,22 @@ class WriteSummary:
     by_executor: dict[str, int] = field(default_factory=dict)
 
 
-def write_frame(frame: DataFrame, target: MongoTarget, collection: str,
-                keep_existing: bool = False, json_fields: Sequence[str] = (),
-                batch_size: int = DEFAULT_BATCH_SIZE) -> WriteSummary:
-    """Write the rows of ``frame`` (one column ``_id``) to ``collection`` from the executors.
+#: Writes one Arrow batch of a partition to the database; returns documents written.
+BatchWriter = Callable[[Database, pa.RecordBatch], int]
 
-    Each task converts its partition's Arrow batches with ``arrow_documents`` and writes them
-    with ``upsert_documents``; the driver collects one summary row per task.
-    """
-    if "_id" not in frame.columns:
-        raise ValueError(f"rows for {collection!r} need an _id column: {frame.columns}")
 
+def write_batches(frame: DataFrame, target: MongoTarget, collection: str,
+                  write_batch: BatchWriter) -> WriteSummary:
+    """Run ``write_batch`` over the Arrow batches of ``frame`` in the executor tasks, each with
+    its worker's long-lived client; the driver collects one summary row per task."""
     def write_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         db = _executor_client(target.uri)[target.database]
-        strategy = (target.write_strategy if keep_existing
-                    else _executor_strategy(db, target.uri, target.write_strategy))
         rows = written = 0
         for batch in batches:
             if batch.num_rows == 0:
                 continue
             rows += batch.num_rows
-            written += upsert_documents(db, collection, arrow_documents(batch, json_fields),
-                                        batch_size=batch_size, strategy=strategy,
-                                        keep_existing=keep_existing)
+            written += write_batch(db, batch)
         yield pa.RecordBatch.from_pydict({
             "executor": [executor_id()], "pid": [os.getpid()], "collection": [collection],
             "rows": [rows], "written": [written]})
@@ -313,3 +306,24 @@ def write_frame(frame: DataFrame, target: MongoTarget, collection: str,
             summary.by_executor[row["executor"]] = (
                 summary.by_executor.get(row["executor"], 0) + row["written"])
     return summary
+
+
+def write_frame(frame: DataFrame, target: MongoTarget, collection: str,
+                keep_existing: bool = False, json_fields: Sequence[str] = (),
+                batch_size: int = DEFAULT_BATCH_SIZE) -> WriteSummary:
+    """Write the rows of ``frame`` (one column ``_id``) to ``collection`` from the executors.
+
+    Each task converts its partition's Arrow batches with ``arrow_documents`` and writes them
+    with ``upsert_documents``.
+    """
+    if "_id" not in frame.columns:
+        raise ValueError(f"rows for {collection!r} need an _id column: {frame.columns}")
+
+    def write_batch(db: Database, batch: pa.RecordBatch) -> int:
+        strategy = (target.write_strategy if keep_existing
+                    else _executor_strategy(db, target.uri, target.write_strategy))
+        return upsert_documents(db, collection, arrow_documents(batch, json_fields),
+                                batch_size=batch_size, strategy=strategy,
+                                keep_existing=keep_existing)
+
+    return write_batches(frame, target, collection, write_batch)

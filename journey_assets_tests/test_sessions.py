@@ -25,6 +25,8 @@ from kafka import KafkaProducer
 from pymongo import MongoClient
 from pymongo.database import Database
 
+from journey_assets.assets.streaming import funnel_rates_within_0_1
+from journey_assets.resources import build_resources
 from journey_assets.resources.kafka import ensure_topic
 from journey_assets.schema import TIME_FORMAT_PY, event_id
 from journey_assets.settings import Settings
@@ -169,6 +171,15 @@ def test_sessions_and_funnel_equal_plain_python_after_every_trigger(
     assert late["source"] == {"query": "sessions", "user_session": "s-nocart"}
     for doc in db.conversion_funnel.find():
         assert all(0.0 <= r <= 1.0 for r in funnel_rates_of(doc))
+    # The asset check agrees, and catches a day whose rates are out of range.
+    mongo = build_resources(session_settings)["mongo"]
+    assert funnel_rates_within_0_1(mongo=mongo).passed
+    bad = {**db.conversion_funnel.find_one({"_id": "2019-10-01"}), "_id": "2019-09-30",
+           "cart_to_purchase_rate": 1.5}
+    db.conversion_funnel.insert_one(bad)
+    result = funnel_rates_within_0_1(mongo=mongo)
+    assert not result.passed and result.metadata["first_bad_days"].value == ["2019-09-30"]
+    db.conversion_funnel.delete_one({"_id": "2019-09-30"})
     assert any(d["cart_to_purchase_rate"] < d["sessions_with_purchase"] / d["sessions_with_cart"]
                for d in db.conversion_funnel.find() if d["sessions_with_cart"])
 

@@ -129,8 +129,10 @@ def test_sigkill_mid_replay_then_restart_equals_uninterrupted(
 
 #: Where the streaming process kills itself (JOURNEY_FAULT, see streaming/sinks.fault_point):
 #: during the Delta commit of batch 1, between the Delta commit and the MongoDB write of batch 1,
-#: during the MongoDB write of the enriched events (first chunk of the first batch).
-FAULT_POINTS = ("lake_commit:1", "after_lake:1", "mongo_write:enriched_events")
+#: during the MongoDB write of the enriched events (first chunk of the first batch); in the
+#: sessions query, after batch 1's state store commit and before its MongoDB writes.
+FAULT_POINTS = ("lake_commit:1", "after_lake:1", "mongo_write:enriched_events",
+                "after_session_state:1")
 
 
 @pytest.mark.slow
@@ -154,6 +156,12 @@ def test_sigkill_at_a_write_point_then_restart_equals_uninterrupted(
     if fault.startswith("after_lake"):
         # The lake holds batch 1, MongoDB does not have all of it yet.
         assert len(_lake_ids(stream_settings)) > stream_db.enriched_events.count_documents({})
+    if fault.startswith("after_session_state"):
+        # Batch 1's state is committed (state store version 2: RocksDB's 2.zip, or 2.delta /
+        # 2.changelog), the batch is not.
+        sessions = Path(stream_settings.data_dir) / "checkpoints" / "sessions"
+        assert [p for p in (sessions / "state").rglob("2.*") if p.suffix != ".crc"]
+        assert not (sessions / "commits" / "1").exists()
 
     _run_to_end(stream_settings, tmp_path / "restart.log")
     _assert_final_state(stream_settings, stream_db, truth)

@@ -28,6 +28,7 @@ from journey_assets.streaming.sinks import (
     EVENT_AGGREGATIONS,
     USER_SESSION_ANALYTICS,
 )
+from journey_assets.transforms.sessions import funnel_rates
 
 # Defined by the events assets; referenced by key so this module does not import them.
 TOPIC_KEY = dg.AssetKey("customer_events_topic")
@@ -98,6 +99,23 @@ def streaming_pipeline(context: dg.AssetExecutionContext, config: StreamRunConfi
             "documents_written": int(sink_docs.get(f"mongo.{spec.key.path[-1]}", 0)),
             "seconds": round(summary.seconds, 1),
         })
+
+
+@dg.asset_check(asset=CONVERSION_FUNNEL, name="funnel_rates_within_0_1",
+                description="Every rate of every day's funnel (the three stage rates and each "
+                            "ordered step's conversions) is between 0 and 1.")
+def funnel_rates_within_0_1(mongo: MongoResource) -> dg.AssetCheckResult:
+    days, bad = 0, []
+    with mongo.db() as db:
+        for doc in db[CONVERSION_FUNNEL].find({}):  # one small document a day
+            days += 1
+            if not all(0.0 <= rate <= 1.0 for rate in funnel_rates(doc)):
+                bad.append(doc["_id"])
+    return dg.AssetCheckResult(passed=not bad, metadata={
+        "days_checked": days, "days_out_of_range": len(bad), "first_bad_days": bad[:10]})
+
+
+STREAMING_CHECKS = [funnel_rates_within_0_1]
 
 
 def _job(name: str, mode: str, description: str):

@@ -25,6 +25,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+import pyarrow as pa
+from pymongo.database import Database
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -34,10 +36,11 @@ from journey_assets.resources.spark import scheduler_pool
 from journey_assets.schema import EVENT_DATE, EVENT_ID, USER_SESSION
 from journey_assets.serving import (
     FAULT_ENV,
+    BatchWriter,
     MongoTarget,
     WriteSummary,
     add_counters_once,
-    mongo_client,
+    write_batches,
     write_frame,
 )
 from journey_assets.transforms.events import (
@@ -93,9 +96,12 @@ class SinkStats:
         self._lock = threading.Lock()
 
     def timed_write(self, frame: DataFrame, target: MongoTarget, collection: str,
-                    **options: Any) -> int:
+                    write_batch: BatchWriter | None = None, **options: Any) -> int:
+        """``write_frame`` (or ``write_batches`` with ``write_batch``), timed and counted."""
         start = time.perf_counter()
-        summary: WriteSummary = write_frame(frame, target, collection, **options)
+        summary: WriteSummary = (
+            write_batches(frame, target, collection, write_batch) if write_batch is not None
+            else write_frame(frame, target, collection, **options))
         with self._lock:
             self.seconds[f"mongo.{collection}"] += time.perf_counter() - start
             self.documents[f"mongo.{collection}"] += summary.written
@@ -270,20 +276,21 @@ class SessionsSink:
             # Insert-only: a replay keeps the first record (and its received_at).
             out[DEAD_LETTER_EVENTS] = self.stats.timed_write(
                 late, self.mongo, DEAD_LETTER_EVENTS, keep_existing=True, json_fields=(SOURCE,))
-        start = time.perf_counter()
-        client = mongo_client(self.mongo.uri)
-        try:
-            db = client[self.mongo.database]
-            days = funnel_deltas(updates).collect()
-            for row in days:
-                deltas = row.asDict()
-                day = deltas.pop("date")
-                counts = add_counters_once(db, FUNNEL_COUNTERS, f"{self._query_id}:{day}",
-                                           batch_id, deltas)
-                db[CONVERSION_FUNNEL].replace_one({"_id": day}, funnel_document(day, counts),
-                                                  upsert=True)
-        finally:
-            client.close()
-        self.stats.add_seconds(f"mongo.{CONVERSION_FUNNEL}", time.perf_counter() - start)
-        out[CONVERSION_FUNNEL] = len(days)
+        out[CONVERSION_FUNNEL] = self.stats.timed_write(
+            funnel_deltas(updates), self.mongo, CONVERSION_FUNNEL,
+            write_batch=_funnel_writer(f"{self._query_id}", batch_id))
         return out
+
+
+def _funnel_writer(query_id: str, batch_id: int) -> BatchWriter:
+    """Executor side: add one batch's per-day deltas to each day's counters once (keyed by the
+    sessions query, guarded by the batch id), then rewrite that day's funnel document."""
+    def write(db: Database, deltas: pa.RecordBatch) -> int:
+        for row in deltas.to_pylist():
+            day = row.pop("date")
+            counts = add_counters_once(db, FUNNEL_COUNTERS, f"{query_id}:{day}", batch_id, row)
+            db[CONVERSION_FUNNEL].replace_one({"_id": day}, funnel_document(day, counts),
+                                              upsert=True)
+        return deltas.num_rows
+
+    return write
