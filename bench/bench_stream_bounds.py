@@ -8,14 +8,15 @@ run available-now with the default ``maxOffsetsPerTrigger`` over the whole topic
 1. floor: Kafka -> the project's parse and triage -> Spark's no-op sink (what reading and
    parsing alone cost);
 2. floor + the windowed aggregation (the stateful query, watermark, dedup) -> no-op sink;
+2b. floor + the session state (the sessions query's ``applyInPandasWithState``) -> no-op sink;
 3. the whole pipeline (``run_stream``: lake, MongoDB, aggregations, sessions);
 4. the MongoDB server's insert ceiling for the pipeline's documents alone: every document the
    run wrote, inserted again into empty collections, unordered bulk batches, nothing else
    running.
 
 The bound: the component costs together on this machine's cores, as seconds run alone one
-after the other (floor + aggregation + MongoDB ceiling + the lake's insert-only commits of the
-same rows); the pipeline runs them concurrently on the same 2 cores, so it cannot beat their
+after the other (floor + aggregation + sessions + MongoDB ceiling + the lake's insert-only
+commits of the same rows: each of the three queries reads and parses the topic); the pipeline runs them concurrently on the same 2 cores, so it cannot beat their
 sum by much, and should come close to it. Prints each figure and the ratio pipeline / bound.
 """
 
@@ -43,6 +44,7 @@ from journey_assets.streaming.pipeline import (
     StreamOptions,
     kafka_source,
     run_stream,
+    session_updates,
     target_from,
     windowed_aggregates,
 )
@@ -58,7 +60,7 @@ def _noop_run(spark, frame, checkpoint: str, name: str) -> float:
     start = time.perf_counter()
     query = (frame.writeStream.queryName(name).format("noop")
              .option("checkpointLocation", checkpoint)
-             .outputMode("update" if name == "aggregation" else "append")
+             .outputMode("append" if name == "floor" else "update")
              .trigger(availableNow=True).start())
     query.awaitTermination()
     return time.perf_counter() - start
@@ -129,6 +131,11 @@ def main() -> None:
         print(f"2. floor + windowed aggregation:           {aggregation:7.1f} s  "
               f"{n / aggregation:9,.0f} events/s  (cost per event {aggregation / floor:.2f}x "
               f"the floor's)", flush=True)
+        source = kafka_source(spark, target, options)
+        sessions = _noop_run(spark, session_updates(source, options), str(work / "ck_sessions"),
+                             "sessions")
+        print(f"2b. floor + session state:                 {sessions:7.1f} s  "
+              f"{n / sessions:9,.0f} events/s", flush=True)
         summary = run_stream(spark, target, options)
         pipeline = summary.seconds
         print(f"3. whole pipeline (lake + MongoDB + all):  {pipeline:7.1f} s  "
@@ -140,8 +147,8 @@ def main() -> None:
               f"{docs / mongo:9,.0f} docs/s", flush=True)
         lake_s = _lake_cost(spark, target.events_path, work / "lake_alone")
         print(f"5. lake insert-only commits alone:         {lake_s:7.1f} s", flush=True)
-        bound = floor + (aggregation) + mongo + lake_s
-        print(f"BOUND (2 + 1 + 4 + 5, run one after the other): {bound:.1f} s = "
+        bound = floor + aggregation + sessions + mongo + lake_s
+        print(f"BOUND (1 + 2 + 2b + 4 + 5, run one after the other): {bound:.1f} s = "
               f"{n / bound:,.0f} events/s")
         print(f"RATIO pipeline / bound: {bound / pipeline:.2f} (goal >= 0.8); aggregation "
               f"cost per event {aggregation / floor:.2f}x the floor (goal <= 2)")

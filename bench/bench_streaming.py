@@ -10,10 +10,12 @@ latency in continuous mode.
    the session/funnel recomputation). FerretDB (the local MongoDB) is 10-100x slower than
    MongoDB at writes, so the Mongo share is reported separately.
 2. Latency: a continuous run (processing-time trigger) while this script produces live events
-   (event_time = now) at ``--latency-rate`` for ``--latency-seconds``; a poller reads the
-   tumbling-window documents of event_aggregations every 0.25 s. An event counts as visible
+   (event_time = now) at each of ``--latency-rates`` for ``--latency-seconds``; a poller reads
+   the tumbling-window documents of event_aggregations every 0.25 s. An event counts as visible
    when its group's event_count reaches its position in that group; latency = first poll that
-   sees it - its send time. Prints p50/p95/max.
+   sees it - its send time. Each rate runs with the sessions query and without it
+   (``--sessions both``). Prints p50/p95/max and the trace: p95 per 10 s of send time (a
+   periodic burst of work shows as a spike there).
 Uses the JOURNEY_* environment for Kafka/Mongo; throw-away topic, database and data dir.
 """
 
@@ -94,9 +96,11 @@ def throughput(base: Settings, spark, data_dir: Path, events: int, max_offsets: 
         print(f"    {name:<32} {s:7.1f} s{f', {n:,} docs' if n else ''}{rate}")
     # What each query spent blocked on MongoDB (FerretDB here), and its rate without that.
     blocked = {
-        "events": secs.get("mongo.enriched_events", 0.0) + secs.get("mongo.dead_letter_events", 0.0)
-        + secs.get("mongo.user_session_analytics", 0.0) + secs.get("mongo.conversion_funnel", 0.0),
+        "events": secs.get("mongo.enriched_events", 0.0)
+        + secs.get("mongo.dead_letter_events", 0.0),
         "aggregations": secs.get("mongo.event_aggregations", 0.0),
+        "sessions": secs.get("mongo.user_session_analytics", 0.0)
+        + secs.get("mongo.conversion_funnel", 0.0),
     }
     for query, ms in sorted(busy_ms.items()):
         busy = ms / 1000
@@ -139,7 +143,8 @@ def sink_ceiling(settings: Settings, limit: int = 100_000) -> None:
 
 
 def latency(base: Settings, spark, data_dir: Path, rate: float, seconds: float,
-            trigger_seconds: float, warmup_seconds: float, options: StreamOptions) -> None:
+            trigger_seconds: float, warmup_seconds: float,
+            options: StreamOptions) -> dict[str, float] | None:
     settings = _settings(base, "latency", data_dir)
     ensure_topic(settings.kafka_bootstrap, settings.topic, partitions=3)
     records = list(generate_records(SyntheticConfig(
@@ -222,6 +227,8 @@ def latency(base: Settings, spark, data_dir: Path, rate: float, seconds: float,
           f"({sum(m for v in sent_at.values() for _, m in v):,} after the warm-up); tumbling windows "
           f"count {counted:,} at the end; enriched_events {db.enriched_events.count_documents({}):,}")
     latencies = []
+    by_bucket: dict[int, list[float]] = defaultdict(list)
+    first_sent = min((t for times in sent_at.values() for t, m in times if m), default=0.0)
     missing = 0
     for group, times in sent_at.items():
         obs = sorted(seen.get(group, []))
@@ -233,16 +240,27 @@ def latency(base: Settings, spark, data_dir: Path, rate: float, seconds: float,
                 missing += 1
             else:
                 latencies.append(visible - t_sent)
-    latencies.sort()
-    if latencies:
-        p50 = statistics.median(latencies)
-        p95 = latencies[int(0.95 * (len(latencies) - 1))]
-        print(f"LATENCY continuous (trigger {trigger_seconds} s, {rate:,.0f} events/s for "
-              f"{seconds:.0f} s after a {warmup_seconds:.0f} s warm-up): p50 {p50:.2f} s, p95 {p95:.2f} s, max {latencies[-1]:.2f} s "
-              f"over {len(latencies):,} events ({missing} never seen)")
-    else:
-        print(f"LATENCY: no event became visible ({missing} sent)")
+                by_bucket[int((t_sent - first_sent) // 10)].append(visible - t_sent)
     MongoClient(settings.mongo_uri).drop_database(settings.mongo_db)
+    latencies.sort()
+    sessions = "with" if options.sessions else "without"
+    if not latencies:
+        print(f"LATENCY: no event became visible ({missing} sent)")
+        return None
+    p50 = statistics.median(latencies)
+    p95 = _p95(latencies)
+    trace = [_p95(sorted(by_bucket[k])) for k in sorted(by_bucket)]
+    print(f"LATENCY continuous {sessions} the sessions query (trigger {trigger_seconds} s, "
+          f"{rate:,.0f} events/s for {seconds:.0f} s after a {warmup_seconds:.0f} s warm-up): "
+          f"p50 {p50:.2f} s, p95 {p95:.2f} s, max {latencies[-1]:.2f} s over "
+          f"{len(latencies):,} events ({missing} never seen)")
+    print("  p95 per 10 s of send time: " + " ".join(f"{v:.1f}" for v in trace), flush=True)
+    return {"rate": rate, "sessions": options.sessions, "p50": p50, "p95": p95,
+            "max": latencies[-1], "worst_10s_p95": max(trace), "missing": missing}
+
+
+def _p95(ordered: list[float]) -> float:
+    return ordered[int(0.95 * (len(ordered) - 1))]
 
 
 def main() -> None:
@@ -251,7 +269,9 @@ def main() -> None:
     parser.add_argument("--max-offsets", type=int, default=50_000)
     parser.add_argument("--days", type=int, default=1,
                         help="event-time span of the throughput data (REES46: ~1.4M events/day)")
-    parser.add_argument("--latency-rate", type=float, default=2_000)
+    parser.add_argument("--latency-rates", type=float, nargs="+", default=[200, 1_000])
+    parser.add_argument("--sessions", choices=["both", "on", "off"], default="both",
+                        help="latency runs with the sessions query, without it, or both")
     parser.add_argument("--latency-seconds", type=float, default=60,
                         help="measured seconds of live events (after the warm-up)")
     parser.add_argument("--warmup-seconds", type=float, default=30,
@@ -259,8 +279,6 @@ def main() -> None:
     parser.add_argument("--trigger-seconds", type=float, default=1.0)
     parser.add_argument("--events-trigger-seconds", type=float, default=None,
                         help="trigger of the events query (default: the pipeline's)")
-    parser.add_argument("--sessions-every", type=float, default=None,
-                        help="session/funnel refresh interval (default: the pipeline's)")
     parser.add_argument("--scheduler-mode", choices=["FAIR", "FIFO"], default="FAIR")
     parser.add_argument("--shuffle-partitions", type=int, default=2,
                         help="= state store partitions of the aggregation (fixed per checkpoint)")
@@ -276,12 +294,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_streaming_") as tmp:
         if not args.skip_throughput:
             throughput(base, spark, Path(tmp), args.events, args.max_offsets, args.days)
-        if not args.skip_latency:
-            options = StreamOptions(mode="continuous", trigger_seconds=args.trigger_seconds,
-                                    events_trigger_seconds=args.events_trigger_seconds,
-                                    sessions_every_seconds=args.sessions_every, poll_seconds=0.5)
-            latency(base, spark, Path(tmp), args.latency_rate, args.latency_seconds,
-                    args.trigger_seconds, args.warmup_seconds, options)
+        results = []
+        flags = {"both": (True, False), "on": (True,), "off": (False,)}[args.sessions]
+        for rate in [] if args.skip_latency else args.latency_rates:
+            for sessions in flags:
+                options = StreamOptions(mode="continuous", trigger_seconds=args.trigger_seconds,
+                                        events_trigger_seconds=args.events_trigger_seconds,
+                                        sessions=sessions, poll_seconds=0.5)
+                results.append(latency(base, spark, Path(tmp), rate, args.latency_seconds,
+                                       args.trigger_seconds, args.warmup_seconds, options))
+        for r in filter(None, results):
+            print(f"SUMMARY {r['rate']:>6,.0f} events/s, "
+                  f"{'with' if r['sessions'] else 'without':<7} sessions: p50 {r['p50']:.2f} s, "
+                  f"p95 {r['p95']:.2f} s ({r['p95'] / args.trigger_seconds:.1f} triggers), "
+                  f"worst 10 s p95 {r['worst_10s_p95']:.2f} s, max {r['max']:.2f} s")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"load average at end: {os.getloadavg()}; peak driver (python) RSS {peak:.0f} MB")
     spark.stop()

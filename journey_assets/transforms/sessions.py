@@ -272,15 +272,22 @@ _SUMMARY_FIELDS = [
 ]
 #: The previous document's fields the funnel needs (to take its contribution back).
 _PREV_FIELDS = ("start_us", "views", "carts", "purchases", "revenue", ORDERED_STEP)
-UPDATE_SCHEMA = StructType([
-    StructField(KIND, StringType()),
-    StructField(USER_SESSION, StringType()),
+#: What a session row carries (the state function writes it as one JSON text, parsed by
+#: Spark: a pandas frame of three text columns costs a fraction of one of 22 typed columns,
+#: and the function runs once per changed session).
+PAYLOAD_SCHEMA = StructType([
     *_SUMMARY_FIELDS,
     StructField("session_quality_score", DoubleType()),
     StructField(CLOSED, BooleanType()),
     *[StructField(f"prev_{f.name}", f.dataType) for f in _SUMMARY_FIELDS
       if f.name in _PREV_FIELDS],
-    StructField("late_event", StringType()),  # JSON of a late event (kind = late)
+])
+#: The state function's output: kind, user_session, and the payload (a late row's payload is
+#: the late event).
+OUTPUT_SCHEMA = StructType([
+    StructField(KIND, StringType()),
+    StructField(USER_SESSION, StringType()),
+    StructField("payload", StringType()),
 ])
 
 
@@ -312,30 +319,21 @@ def summarize_session(events: Iterable[list[Any]]) -> dict[str, Any]:
     }
 
 
-def _update_row(user_session: str, summary: dict[str, Any], closed: bool,
-                previous: dict[str, Any] | None) -> dict[str, Any]:
+def _session_payload(summary: dict[str, Any], closed: bool,
+                     previous: dict[str, Any] | None) -> str:
     duration_s = summary["end_us"] // _US - summary["start_us"] // _US
     score = float(quality_formula(summary["event_count"], duration_s,
                                   summary["unique_products"], summary["carts"],
                                   summary["purchases"]))
-    row = {KIND: SESSION_ROW, USER_SESSION: user_session, **summary,
-           "session_quality_score": score, CLOSED: closed, "late_event": None}
-    for name in _PREV_FIELDS:
-        row[f"prev_{name}"] = None if previous is None else previous[name]
-    return row
+    payload = {**summary, "session_quality_score": score, CLOSED: closed}
+    if previous is not None:
+        payload.update({f"prev_{name}": previous[name] for name in _PREV_FIELDS})
+    return json.dumps(payload)
 
 
-def _late_row(user_session: str, event: list[Any]) -> dict[str, Any]:
-    row: dict[str, Any] = {f.name: None for f in UPDATE_SCHEMA.fields}
-    row.update({KIND: LATE_ROW, USER_SESSION: user_session,
-                "late_event": json.dumps(dict(zip(_EVENT_FIELDS, event, strict=True)))})
-    return row
-
-
-def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=UPDATE_SCHEMA.fieldNames())
-    return frame.astype({f.name: "Int64" for f in UPDATE_SCHEMA.fields
-                         if isinstance(f.dataType, LongType | IntegerType)})
+def _frame(kind: str, user_session: str, payloads: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({KIND: [kind] * len(payloads),
+                         USER_SESSION: [user_session] * len(payloads), "payload": payloads})
 
 
 def _update_session(key: tuple[str], batches: Iterator[pd.DataFrame], state: GroupState,
@@ -358,12 +356,13 @@ def _update_session(key: tuple[str], batches: Iterator[pd.DataFrame], state: Gro
         state.update(("[]", True, stored[2]))
         state.setTimeoutTimestamp(max(stored[2] // 1000 + gap_ms + tombstone_ms,
                                       state.getCurrentWatermarkMs() + 1))
-        yield _frame([_update_row(user_session, summary, True, summary)])
+        yield _frame(SESSION_ROW, user_session, [_session_payload(summary, True, summary)])
         return
     new = [list(row) for frame in batches
-           for row in frame[list(_EVENT_FIELDS)].itertuples(index=False, name=None)]
+           for row in zip(*(frame[name].tolist() for name in _EVENT_FIELDS), strict=True)]
     if stored is not None and stored[1]:
-        yield _frame([_late_row(user_session, e) for e in new])
+        yield _frame(LATE_ROW, user_session,
+                     [json.dumps(dict(zip(_EVENT_FIELDS, e, strict=True))) for e in new])
         return
     known = {e[0]: e for e in json.loads(stored[0])} if stored is not None else {}
     previous = summarize_session(known.values()) if known else None
@@ -376,7 +375,7 @@ def _update_session(key: tuple[str], batches: Iterator[pd.DataFrame], state: Gro
     summary = summarize_session(merged.values())
     state.update((json.dumps(list(merged.values())), False, summary["end_us"]))
     state.setTimeoutTimestamp(summary["end_us"] // 1000 + gap_ms)
-    yield _frame([_update_row(user_session, summary, False, previous)])
+    yield _frame(SESSION_ROW, user_session, [_session_payload(summary, False, previous)])
 
 
 def session_state_updates(events: DataFrame, gap_ms: int, tombstone_ms: int) -> DataFrame:
@@ -392,8 +391,11 @@ def session_state_updates(events: DataFrame, gap_ms: int, tombstone_ms: int) -> 
                      EVENT_TYPE, PRODUCT_ID, PRICE, USER_ID))
     rows = keyed.groupBy(USER_SESSION).applyInPandasWithState(
         partial(_update_session, gap_ms=gap_ms, tombstone_ms=tombstone_ms),
-        UPDATE_SCHEMA, STATE_SCHEMA, "update", GroupStateTimeout.EventTimeTimeout)
-    return rows
+        OUTPUT_SCHEMA, STATE_SCHEMA, "update", GroupStateTimeout.EventTimeTimeout)
+    return rows.select(
+        KIND, USER_SESSION, F.from_json("payload", PAYLOAD_SCHEMA).alias("_p"),
+        F.when(F.col(KIND) == LATE_ROW, F.col("payload")).alias("late_event"),
+    ).select(KIND, USER_SESSION, "_p.*", "late_event")
 
 
 def _session_columns(prefix: str = "") -> list[Column]:
