@@ -50,8 +50,10 @@ from journey_assets.streaming.pipeline import StreamOptions, run_stream, target_
 
 def _settings(base: Settings, name: str, data_dir: Path) -> Settings:
     tag = uuid.uuid4().hex[:6]
+    # Own topic, database and checkpoints per run (a checkpoint of an earlier run would bring
+    # its offsets and its aggregation state).
     return replace(base, topic=f"bench_stream_{name}_{tag}", mongo_db=f"bench_stream_{name}_{tag}",
-                   data_dir=data_dir / name)
+                   data_dir=data_dir / f"{name}_{tag}")
 
 
 def throughput(base: Settings, spark, data_dir: Path, events: int, max_offsets: int,
@@ -243,19 +245,21 @@ def latency(base: Settings, spark, data_dir: Path, rate: float, seconds: float,
                 by_bucket[int((t_sent - first_sent) // 10)].append(visible - t_sent)
     MongoClient(settings.mongo_uri).drop_database(settings.mongo_db)
     latencies.sort()
-    sessions = "with" if options.sessions else "without"
+    sessions = ("alone (no events, no sessions query)" if not options.history
+                else "with the sessions query" if options.sessions
+                else "without the sessions query")
     if not latencies:
         print(f"LATENCY: no event became visible ({missing} sent)")
         return None
     p50 = statistics.median(latencies)
     p95 = _p95(latencies)
     trace = [_p95(sorted(by_bucket[k])) for k in sorted(by_bucket)]
-    print(f"LATENCY continuous {sessions} the sessions query (trigger {trigger_seconds} s, "
+    print(f"LATENCY continuous {sessions} (trigger {trigger_seconds} s, "
           f"{rate:,.0f} events/s for {seconds:.0f} s after a {warmup_seconds:.0f} s warm-up): "
           f"p50 {p50:.2f} s, p95 {p95:.2f} s, max {latencies[-1]:.2f} s over "
           f"{len(latencies):,} events ({missing} never seen)")
     print("  p95 per 10 s of send time: " + " ".join(f"{v:.1f}" for v in trace), flush=True)
-    return {"rate": rate, "sessions": options.sessions, "p50": p50, "p95": p95,
+    return {"rate": rate, "variant": sessions, "p50": p50, "p95": p95,
             "max": latencies[-1], "worst_10s_p95": max(trace), "missing": missing}
 
 
@@ -272,6 +276,9 @@ def main() -> None:
     parser.add_argument("--latency-rates", type=float, nargs="+", default=[200, 1_000])
     parser.add_argument("--sessions", choices=["both", "on", "off"], default="both",
                         help="latency runs with the sessions query, without it, or both")
+    parser.add_argument("--aggregations-alone", action="store_true",
+                        help="also a latency run of the aggregations query alone (no events "
+                             "or sessions query): the latency floor of this machine")
     parser.add_argument("--latency-seconds", type=float, default=60,
                         help="measured seconds of live events (after the warm-up)")
     parser.add_argument("--warmup-seconds", type=float, default=30,
@@ -296,16 +303,18 @@ def main() -> None:
             throughput(base, spark, Path(tmp), args.events, args.max_offsets, args.days)
         results = []
         flags = {"both": (True, False), "on": (True,), "off": (False,)}[args.sessions]
+        variants = [(sessions, True) for sessions in flags]
+        if args.aggregations_alone:
+            variants.append((False, False))
         for rate in [] if args.skip_latency else args.latency_rates:
-            for sessions in flags:
+            for sessions, history in variants:
                 options = StreamOptions(mode="continuous", trigger_seconds=args.trigger_seconds,
                                         events_trigger_seconds=args.events_trigger_seconds,
-                                        sessions=sessions, poll_seconds=0.5)
+                                        sessions=sessions, history=history, poll_seconds=0.5)
                 results.append(latency(base, spark, Path(tmp), rate, args.latency_seconds,
                                        args.trigger_seconds, args.warmup_seconds, options))
         for r in filter(None, results):
-            print(f"SUMMARY {r['rate']:>6,.0f} events/s, "
-                  f"{'with' if r['sessions'] else 'without':<7} sessions: p50 {r['p50']:.2f} s, "
+            print(f"SUMMARY {r['rate']:>6,.0f} events/s, {r['variant']}: p50 {r['p50']:.2f} s, "
                   f"p95 {r['p95']:.2f} s ({r['p95'] / args.trigger_seconds:.1f} triggers), "
                   f"worst 10 s p95 {r['worst_10s_p95']:.2f} s, max {r['max']:.2f} s")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -71,6 +71,9 @@ class StreamOptions:
     starting_offsets: str = "earliest"
     #: Run the sessions query (sessions + funnel); off only to measure what it costs.
     sessions: bool = True
+    #: Run the events query (lake + enriched events + dead letters); off only to measure the
+    #: aggregations query's latency alone (bench/bench_streaming.py).
+    history: bool = True
     #: A session closes this much event time after its last event (once the watermark passes).
     session_gap_minutes: float = 30.0
     #: After it closes, a session is remembered this much longer (event time), so that a
@@ -201,10 +204,12 @@ class StreamingPipeline:
             .option("checkpointLocation", self.target.checkpoint(AGGREGATIONS_QUERY))
             .foreachBatch(aggregations_sink)
         )
-        self.queries[EVENTS_QUERY] = _trigger(events_writer, self.options,
-                                              self.options.events_trigger).start()
-        # The query's id lives in its checkpoint: the lake's idempotent commits are keyed by it.
-        events_sink.set_app_id(str(self.queries[EVENTS_QUERY].id))
+        if self.options.history:
+            self.queries[EVENTS_QUERY] = _trigger(events_writer, self.options,
+                                                  self.options.events_trigger).start()
+            # The query's id lives in its checkpoint: the lake's idempotent commits are keyed
+            # by it.
+            events_sink.set_app_id(str(self.queries[EVENTS_QUERY].id))
         self.queries[AGGREGATIONS_QUERY] = _trigger(aggregations_writer, self.options,
                                                     self.options.trigger_seconds).start()
         if self.options.sessions:
