@@ -80,6 +80,9 @@ class StreamOptions:
     #: later event of it is dead-lettered (``late_for_session``) instead of starting a new
     #: document that would replace the final one.
     session_tombstone_hours: float = 24.0
+    #: State groups of the sessions query (sessions are stored by a hash of their id): fixed
+    #: when its checkpoint is created.
+    session_state_buckets: int = 64
     write_strategy: str = "auto"
     poll_seconds: float = 1.0
 
@@ -155,7 +158,8 @@ def session_updates(kafka_rows: DataFrame, options: StreamOptions) -> DataFrame:
     events = (with_event_keys(valid_events(parse_kafka_events(kafka_rows)))
               .withWatermark(EVENT_TIME, options.watermark))
     return session_state_updates(events, gap_ms=int(options.session_gap_minutes * 60_000),
-                                 tombstone_ms=int(options.session_tombstone_hours * 3_600_000))
+                                 tombstone_ms=int(options.session_tombstone_hours * 3_600_000),
+                                 buckets=options.session_state_buckets)
 
 
 def _trigger(writer, options: StreamOptions, seconds: float):

@@ -8,7 +8,7 @@ from typing import Any
 
 import dagster as dg
 
-from journey_assets.streaming.pipeline import AGGREGATIONS_QUERY, EVENTS_QUERY
+from journey_assets.streaming.pipeline import AGGREGATIONS_QUERY, EVENTS_QUERY, SESSIONS_QUERY
 from journey_assets.streaming.sinks import (
     CONVERSION_FUNNEL,
     DEAD_LETTER_EVENTS,
@@ -19,8 +19,9 @@ from journey_assets.streaming.sinks import (
 
 #: Which collections each query writes.
 QUERY_OUTPUTS: dict[str, tuple[str, ...]] = {
-    EVENTS_QUERY: (ENRICHED_EVENTS, DEAD_LETTER_EVENTS, USER_SESSION_ANALYTICS, CONVERSION_FUNNEL),
+    EVENTS_QUERY: (ENRICHED_EVENTS, DEAD_LETTER_EVENTS),
     AGGREGATIONS_QUERY: (EVENT_AGGREGATIONS,),
+    SESSIONS_QUERY: (USER_SESSION_ANALYTICS, CONVERSION_FUNNEL),
 }
 
 
@@ -81,6 +82,9 @@ class DagsterProgressReporter:
                     "end_offsets": _offsets_text(rec.get("end_offset")),
                     "watermark": str(rec.get("watermark")),
                     "late_rows_dropped": int(rec.get("late_rows_dropped") or 0),
+                    # Events of sessions that had closed (dead-lettered, sessions query only).
+                    "late_for_session_since_last": int(pending.get("written_late_for_session",
+                                                                   0)),
                 },
             ))
 

@@ -3,9 +3,10 @@
 One set of definitions, two executions:
 
 * **streaming**: ``session_state_updates`` keeps each open ``user_session`` as Spark state
-  (``applyInPandasWithState``, event-time timeout) and emits its current document whenever it
-  changes, and its final one when ``gap`` of event time has passed its last event (once the
-  watermark says so). ``summarize_session`` computes a document from the session's events.
+  (``applyInPandasWithState``, event-time timeout; sessions are stored in buckets by a hash of
+  their id) and emits its current document whenever it changes, and its final one when ``gap``
+  of event time has passed its last event (once the watermark says so).
+  ``summarize_session`` computes a document from the session's events.
 * **batch**: ``session_metrics`` computes the same columns with Spark expressions over unique
   events (the lake), ``lake_sessions`` for the sessions that start in any date range.
 
@@ -252,11 +253,9 @@ def funnel_rates(doc: Mapping[str, Any]) -> list[float]:
 # -- streaming: one state per open user_session ---------------------------------------------
 #: A session's events in its state: [event_id, event_us, event_type, product_id, price, user_id]
 _EVENT_FIELDS = (EVENT_ID, "event_us", EVENT_TYPE, PRODUCT_ID, PRICE, USER_ID)
-STATE_SCHEMA = StructType([
-    StructField("events", StringType()),  # JSON list of _EVENT_FIELDS rows
-    StructField(CLOSED, BooleanType()),
-    StructField("end_us", LongType()),
-])
+#: One bucket of sessions: JSON {user_session: {"e": [_EVENT_FIELDS rows], "end": us,
+#: "closed": bool}} (see _update_bucket).
+STATE_SCHEMA = StructType([StructField("sessions", StringType())])
 _SUMMARY_FIELDS = [
     StructField(USER_ID, LongType()),
     StructField("start_us", LongType()),
@@ -331,66 +330,96 @@ def _session_payload(summary: dict[str, Any], closed: bool,
     return json.dumps(payload)
 
 
-def _frame(kind: str, user_session: str, payloads: list[str]) -> pd.DataFrame:
-    return pd.DataFrame({KIND: [kind] * len(payloads),
-                         USER_SESSION: [user_session] * len(payloads), "payload": payloads})
+def _update_bucket(key: tuple[int], batches: Iterator[pd.DataFrame], state: GroupState,
+                   gap_ms: int, tombstone_ms: int) -> Iterator[pd.DataFrame]:
+    """applyInPandasWithState function over one bucket of user_sessions.
 
+    The state is one JSON object ``{user_session: {"e": events, "end": us, "closed": bool}}``:
+    each open session's unique events, and for a session that closed, a tombstone (no events)
+    kept ``tombstone_ms`` more of event time, so that a later event of it is reported as late
+    (a ``late`` row, dead-lettered as ``late_for_session``) instead of starting a second,
+    partial document that would replace the final one. A session closes once the watermark
+    passes its last event + ``gap_ms``; the bucket's timeout is its earliest such moment.
 
-def _update_session(key: tuple[str], batches: Iterator[pd.DataFrame], state: GroupState,
-                    gap_ms: int, tombstone_ms: int) -> Iterator[pd.DataFrame]:
-    """applyInPandasWithState function: one user_session's new events, or its timeout.
-
-    State: the session's unique events while open; after it closes, a tombstone (no events)
-    kept ``tombstone_ms`` more of event time, so a later event of that session is reported as
-    late (a ``late`` row, dead-lettered with reason ``late_for_session``) instead of starting a
-    second, partial document that would replace the final one.
+    Sessions share a bucket (``session_state_updates``) because pyspark's cost per group (Arrow
+    slices, pandas frames, state (de)serialisation) is several milliseconds: per session it
+    would dominate every batch; per bucket it is paid a fixed number of times.
     """
-    (user_session,) = key
-    stored = state.get if state.exists else None
-    if state.hasTimedOut:
-        if stored is None or stored[1]:  # a tombstone expired: forget the session
-            state.remove()
-            return
-        events = json.loads(stored[0])
-        summary = summarize_session(events)
-        state.update(("[]", True, stored[2]))
-        state.setTimeoutTimestamp(max(stored[2] // 1000 + gap_ms + tombstone_ms,
-                                      state.getCurrentWatermarkMs() + 1))
-        yield _frame(SESSION_ROW, user_session, [_session_payload(summary, True, summary)])
-        return
-    new = [list(row) for frame in batches
-           for row in zip(*(frame[name].tolist() for name in _EVENT_FIELDS), strict=True)]
-    if stored is not None and stored[1]:
-        yield _frame(LATE_ROW, user_session,
-                     [json.dumps(dict(zip(_EVENT_FIELDS, e, strict=True))) for e in new])
-        return
-    known = {e[0]: e for e in json.loads(stored[0])} if stored is not None else {}
-    previous = summarize_session(known.values()) if known else None
-    merged = dict(known)
-    for event in new:
-        merged.setdefault(event[0], [event[0], int(event[1]), event[2], int(event[3]),
-                                     float(event[4]), int(event[5])])
-    if len(merged) == len(known):  # only repeats of events it has: nothing changed
-        return
-    summary = summarize_session(merged.values())
-    state.update((json.dumps(list(merged.values())), False, summary["end_us"]))
-    state.setTimeoutTimestamp(summary["end_us"] // 1000 + gap_ms)
-    yield _frame(SESSION_ROW, user_session, [_session_payload(summary, False, previous)])
+    sessions: dict[str, dict[str, Any]] = json.loads(state.get[0]) if state.exists else {}
+    watermark_ms = state.getCurrentWatermarkMs()
+    kinds: list[str] = []
+    ids: list[str] = []
+    payloads: list[str] = []
+
+    def emit(kind: str, user_session: str, payload: str) -> None:
+        kinds.append(kind)
+        ids.append(user_session)
+        payloads.append(payload)
+
+    if not state.hasTimedOut:
+        arriving: dict[str, list[list[Any]]] = {}
+        for frame in batches:
+            columns = [frame[USER_SESSION].tolist(),
+                       *(frame[name].tolist() for name in _EVENT_FIELDS)]
+            for sid, eid, us, event_type, pid, price, uid in zip(*columns, strict=True):
+                arriving.setdefault(sid, []).append(
+                    [eid, int(us), event_type, int(pid), float(price), int(uid)])
+        for sid, new in arriving.items():
+            entry = sessions.get(sid)
+            if entry is not None and entry["closed"]:
+                for event in new:
+                    emit(LATE_ROW, sid, json.dumps(dict(zip(_EVENT_FIELDS, event, strict=True))))
+                continue
+            known = {e[0]: e for e in entry["e"]} if entry is not None else {}
+            merged = dict(known)
+            for event in new:
+                merged.setdefault(event[0], event)
+            if len(merged) == len(known):  # only repeats of events it has: nothing changed
+                continue
+            previous = summarize_session(known.values()) if known else None
+            summary = summarize_session(merged.values())
+            sessions[sid] = {"e": list(merged.values()), "end": summary["end_us"],
+                             "closed": False}
+            emit(SESSION_ROW, sid, _session_payload(summary, False, previous))
+    # Close the sessions the watermark has passed (last event + gap); forget old tombstones.
+    for sid, entry in list(sessions.items()):
+        end_ms = entry["end"] // 1000
+        if entry["closed"]:
+            if watermark_ms > end_ms + gap_ms + tombstone_ms:
+                del sessions[sid]
+        elif watermark_ms > end_ms + gap_ms:
+            summary = summarize_session(entry["e"])
+            sessions[sid] = {"e": [], "end": entry["end"], "closed": True}
+            emit(SESSION_ROW, sid, _session_payload(summary, True, summary))
+    if sessions:
+        state.update((json.dumps(sessions),))
+        next_ms = min(e["end"] // 1000 + gap_ms + (tombstone_ms if e["closed"] else 0)
+                      for e in sessions.values())
+        state.setTimeoutTimestamp(max(next_ms, watermark_ms + 1))
+    elif state.exists:
+        state.remove()
+    if kinds:
+        yield pd.DataFrame({KIND: kinds, USER_SESSION: ids, "payload": payloads})
 
 
-def session_state_updates(events: DataFrame, gap_ms: int, tombstone_ms: int) -> DataFrame:
+def session_state_updates(events: DataFrame, gap_ms: int, tombstone_ms: int,
+                          buckets: int = 64) -> DataFrame:
     """Streaming: valid, keyed events with a watermark -> session update rows.
 
     A ``session`` row is a session's current document (``closed`` once ``gap_ms`` of event
     time has passed its last event) with its previous funnel fields (``prev_*``); a ``late``
     row is an event that arrived after its session closed. Events older than the watermark
     are dropped by Spark before the state (counted as late rows in the query's progress).
+    The state is kept in ``buckets`` groups by a hash of user_session (fixed by the
+    checkpoint: changing it needs a new one).
     """
     keyed = (events.where(F.col(USER_SESSION).isNotNull())
-             .select(USER_SESSION, EVENT_TIME, EVENT_ID, F.unix_micros(EVENT_TIME).alias("event_us"),
+             .select(F.pmod(F.xxhash64(USER_SESSION), F.lit(buckets)).alias("_bucket"),
+                     USER_SESSION, EVENT_TIME, EVENT_ID,
+                     F.unix_micros(EVENT_TIME).alias("event_us"),
                      EVENT_TYPE, PRODUCT_ID, PRICE, USER_ID))
-    rows = keyed.groupBy(USER_SESSION).applyInPandasWithState(
-        partial(_update_session, gap_ms=gap_ms, tombstone_ms=tombstone_ms),
+    rows = keyed.groupBy("_bucket").applyInPandasWithState(
+        partial(_update_bucket, gap_ms=gap_ms, tombstone_ms=tombstone_ms),
         OUTPUT_SCHEMA, STATE_SCHEMA, "update", GroupStateTimeout.EventTimeTimeout)
     return rows.select(
         KIND, USER_SESSION, F.from_json("payload", PAYLOAD_SCHEMA).alias("_p"),
