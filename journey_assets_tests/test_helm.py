@@ -219,8 +219,9 @@ def test_settings_in_the_pod_select_kubernetes(default_docs: list[dict[str, Any]
     assert settings.topic == "customer_events"
     kafka = one(default_docs, "Kafka")
     assert settings.kafka_bootstrap == f"{kafka['metadata']['name']}-kafka-bootstrap:9092"
-    assert {"name": "plain", "port": 9092, "type": "internal", "tls": False} in \
-        kafka["spec"]["kafka"]["listeners"]
+    listeners = [{k: v for k, v in listener.items() if k != "networkPolicyPeers"}
+                 for listener in kafka["spec"]["kafka"]["listeners"]]
+    assert {"name": "plain", "port": 9092, "type": "internal", "tls": False} in listeners
 
 
 def test_data_volume_is_mounted_at_journey_data_dir(default_docs: list[dict[str, Any]]) -> None:
@@ -286,7 +287,7 @@ def test_scale_out_spark_on_kubernetes(scale_docs: list[dict[str, Any]]) -> None
     assert env["SPARK_CONF_DIR"] == "/opt/spark-conf"
     conf = spark_defaults(scale_docs)
     container = code_server(scale_docs)
-    sa = one(scale_docs, "ServiceAccount")["metadata"]["name"]
+    sa = one(scale_docs, "ServiceAccount", f"{RELEASE}-journey-assets")["metadata"]["name"]
     pvc = one(scale_docs, "PersistentVolumeClaim")
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     assert conf["spark.kubernetes.container.image"] == container["image"]
@@ -317,6 +318,73 @@ def test_scale_out_spark_on_kubernetes(scale_docs: list[dict[str, Any]]) -> None
     assert template["spec"]["securityContext"]["runAsNonRoot"] is True
     assert conf["spark.kubernetes.executor.podTemplateFile"] == \
         f"{env['SPARK_CONF_DIR']}/executor-pod-template.yaml"
+
+
+def _matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector["matchLabels"].items())
+
+
+def test_network_policies_and_separate_service_accounts(
+        scale_docs: list[dict[str, Any]]) -> None:
+    policies = {d["metadata"]["name"]: d["spec"] for d in scale_docs
+                if d["kind"] == "NetworkPolicy"}
+    prefix = f"{RELEASE}-journey-assets"
+    assert set(policies) == {f"{prefix}-user-code", f"{prefix}-spark", f"{prefix}-mongodb"}
+    code_pod = one(scale_docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    context = json.loads(env_value(code_server(scale_docs), "DAGSTER_CONTAINER_CONTEXT")["value"])
+    run_pod = context["k8s"]["labels"]
+    spark_cm = one(scale_docs, "ConfigMap", f"{prefix}-spark")
+    executor = yaml.safe_load(spark_cm["data"]["executor-pod-template.yaml"])
+    executor_pod = executor["metadata"]["labels"]
+
+    # Code server: gRPC from the Dagster webserver/daemon only.
+    user_code = policies[f"{prefix}-user-code"]
+    assert _matches(user_code["podSelector"], code_pod)
+    (rule,) = user_code["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "dagster"}}}]
+    assert rule["ports"] == [{"port": 4000, "protocol": "TCP"}]
+    # Run/step pods (Spark drivers) and executors: only from each other.
+    spark = policies[f"{prefix}-spark"]
+    assert _matches(spark["podSelector"], run_pod) and _matches(spark["podSelector"], executor_pod)
+    assert not _matches(spark["podSelector"], code_pod)
+    (rule,) = spark["ingress"]
+    (peer,) = rule["from"]
+    assert _matches(peer["podSelector"], run_pod) and _matches(peer["podSelector"], executor_pod)
+    # MongoDB: port 27017 from this release's pods only.
+    mongo = policies[f"{prefix}-mongodb"]
+    assert mongo["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "mongodb"}}
+    (rule,) = mongo["ingress"]
+    assert rule["ports"] == [{"port": 27017, "protocol": "TCP"}]
+    assert [any(_matches(p["podSelector"], pod) for p in rule["from"])
+            for pod in (run_pod, executor_pod, code_pod)] == [True, True, True]
+    assert not any(_matches(p["podSelector"], {"app.kubernetes.io/name": "dagster"})
+                   for p in rule["from"])
+    # Kafka: Strimzi's listener policies admit the same pods.
+    kafka = one(scale_docs, "Kafka")
+    for listener in kafka["spec"]["kafka"]["listeners"]:
+        peers = listener["networkPolicyPeers"]
+        assert any(_matches(p["podSelector"], executor_pod) for p in peers), listener["name"]
+        assert any(_matches(p["podSelector"], code_pod) for p in peers), listener["name"]
+
+    # Two identities: the run/step pods' (bound to the Role: may create Jobs and executor
+    # pods) and the executors' (no binding, no token).
+    accounts = {d["metadata"]["name"]: d for d in scale_docs if d["kind"] == "ServiceAccount"}
+    assert set(accounts) == {prefix, f"{prefix}-spark-executor"}
+    assert context["k8s"]["service_account_name"] == prefix
+    assert accounts[f"{prefix}-spark-executor"]["automountServiceAccountToken"] is False
+    bound = {s["name"] for d in scale_docs if d["kind"] == "RoleBinding" for s in d["subjects"]}
+    assert bound == {prefix}
+    conf = spark_defaults(scale_docs)
+    assert conf["spark.kubernetes.authenticate.executor.serviceAccountName"] == \
+        f"{prefix}-spark-executor"
+    assert executor["spec"]["serviceAccountName"] == f"{prefix}-spark-executor"
+    assert executor["spec"]["automountServiceAccountToken"] is False
+
+    # Off: no policy at all, no listener peers.
+    off = render(SCALE_OUT, set_values=("networkPolicy.enabled=false",))
+    assert not [d for d in off if d["kind"] == "NetworkPolicy"]
+    assert all("networkPolicyPeers" not in listener
+               for listener in one(off, "Kafka")["spec"]["kafka"]["listeners"])
 
 
 @pytest.mark.parametrize("variant", ["default", "scale-out"])

@@ -37,6 +37,21 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* Labels of the pods this release starts (run, step and Spark executor pods): selectors
+of the NetworkPolicies and of Kafka's listener peers. */}}
+{{- define "journey.runPodLabels" -}}
+app.kubernetes.io/part-of: journey-assets
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "journey.executorServiceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (printf "%s-spark-executor" (include "journey.fullname" .)) .Values.serviceAccount.executorName }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.executorName }}
+{{- end }}
+{{- end }}
+
 {{- define "journey.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
@@ -123,4 +138,19 @@ the code server, in this release's namespace.
       "run_k8s_config" $runK8sConfig
 -}}
 {{- toJson (dict "k8s" $k8s) }}
+{{- end }}
+
+{{/* Strimzi renders a NetworkPolicy per listener from these peers: this release's run, step
+and executor pods and its code server. */}}
+{{- define "journey.kafkaPeers" -}}
+{{- if .Values.networkPolicy.enabled }}
+networkPolicyPeers:
+  - podSelector:
+      matchLabels:
+        {{- include "journey.runPodLabels" . | nindent 8 }}
+  - podSelector:
+      matchLabels:
+        {{- include "journey.selectorLabels" . | nindent 8 }}
+        app.kubernetes.io/component: user-code
+{{- end }}
 {{- end }}
