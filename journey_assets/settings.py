@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_MONGO_URI = "mongodb://127.0.0.1:27017/"
@@ -17,6 +18,15 @@ DEFAULT_TOPIC = "customer_events"
 #: Kafka records per streaming micro-batch (all partitions together) unless configured, in both
 #: modes: the driver's memory and a batch's duration stay the same whatever the backlog.
 DEFAULT_MAX_OFFSETS_PER_TRIGGER = 50_000
+
+
+#: The one place a MongoDB URI with credentials may come from (a Kubernetes Secret in the chart).
+MONGO_URI_ENV = "JOURNEY_MONGO_URI"
+
+
+def has_credentials(uri: str) -> bool:
+    """True for a URI that carries a user (and so, usually, a password)."""
+    return "@" in urlsplit(uri).netloc
 
 
 def project_home() -> Path:
@@ -41,7 +51,7 @@ class Settings:
         env = os.environ if env is None else env
         return cls(
             kafka_bootstrap=env.get("JOURNEY_KAFKA_BOOTSTRAP", DEFAULT_KAFKA_BOOTSTRAP),
-            mongo_uri=env.get("JOURNEY_MONGO_URI", DEFAULT_MONGO_URI),
+            mongo_uri=env.get(MONGO_URI_ENV, DEFAULT_MONGO_URI),
             mongo_db=env.get("JOURNEY_MONGO_DB", DEFAULT_MONGO_DB),
             topic=env.get("JOURNEY_TOPIC", DEFAULT_TOPIC),
             data_dir=Path(env.get("JOURNEY_DATA_DIR", project_home() / "data")).resolve(),

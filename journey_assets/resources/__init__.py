@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+import dagster as dg
 
 from journey_assets.resources.kafka import KafkaResource
 from journey_assets.resources.lake import LakeResource
 from journey_assets.resources.mongo import MongoResource
 from journey_assets.resources.spark import SparkResource
-from journey_assets.settings import Settings
+from journey_assets.settings import MONGO_URI_ENV, Settings, has_credentials
 
 __all__ = ["KafkaResource", "LakeResource", "MongoResource", "SparkResource", "build_resources"]
+
+
+def mongo_uri_config(settings: Settings) -> str:
+    """The MongoDB URI as resource config: a URI with credentials only as a reference to the
+    environment variable (``dg.EnvVar``), so Dagster resolves it in the run and never shows or
+    stores it; a URI without credentials (the local stack) as it is."""
+    if not has_credentials(settings.mongo_uri):
+        return settings.mongo_uri
+    if os.environ.get(MONGO_URI_ENV) != settings.mongo_uri:
+        raise ValueError(f"a MongoDB URI with credentials is only read from the environment "
+                         f"variable {MONGO_URI_ENV} (so that Dagster never shows it): set it "
+                         f"there, or in the Kubernetes Secret the chart maps to it")
+    return dg.EnvVar(MONGO_URI_ENV)
 
 
 def build_resources(settings: Settings) -> dict[str, Any]:
     return {
         "kafka": KafkaResource(bootstrap_servers=settings.kafka_bootstrap, topic=settings.topic),
-        "mongo": MongoResource(uri=settings.mongo_uri, database=settings.mongo_db),
+        "mongo": MongoResource(uri=mongo_uri_config(settings), database=settings.mongo_db),
         "spark": SparkResource(master=settings.spark_master),
         "lake": LakeResource(data_dir=str(settings.data_dir)),
     }

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -383,5 +383,7 @@ def target_from(settings, lake=None) -> StreamTarget:
     from journey_assets.resources import build_resources
 
     resources = build_resources(settings)
-    return target_from_resources(resources["kafka"], resources["mongo"],
-                                 lake or resources["lake"])
+    target = target_from_resources(resources["kafka"], resources["mongo"],
+                                   lake or resources["lake"])
+    # Outside a Dagster run a resource's EnvVar is not resolved: the URI itself, from Settings.
+    return replace(target, mongo_uri=settings.mongo_uri)
