@@ -213,9 +213,15 @@ def stream(mode: str, max_offsets: int, trigger_seconds: float,
     from journey_assets.resources.spark import build_spark_session
     from journey_assets.settings import Settings
     from journey_assets.streaming.pipeline import StreamOptions, run_stream, target_from
+    from journey_assets.streaming.preflight import PreflightError, check_sources
     from journey_assets.streaming.progress import format_progress
 
     settings = Settings.from_env()
+    try:  # before Spark starts: a missing topic or a dead server is one line, not a trace
+        check_sources(settings.kafka_bootstrap, settings.topic, settings.mongo_uri)
+    except PreflightError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
     options = StreamOptions(mode=mode, max_offsets_per_trigger=max_offsets,
                             trigger_seconds=trigger_seconds, session_gap_minutes=session_gap)
     spark = build_spark_session(master=settings.spark_master, app_name="journey_stream",

@@ -20,6 +20,7 @@ from journey_assets.streaming.pipeline import (
     run_stream,
     target_from_resources,
 )
+from journey_assets.streaming.preflight import PreflightError, check_sources
 from journey_assets.streaming.progress import DagsterProgressReporter
 from journey_assets.streaming.sinks import (
     CONVERSION_FUNNEL,
@@ -80,6 +81,11 @@ def streaming_pipeline(context: dg.AssetExecutionContext, config: StreamRunConfi
                        spark: SparkResource):
     """Run the two streaming queries (see journey_assets.streaming.pipeline)."""
     kafka.ensure_topic()
+    target = target_from_resources(kafka, mongo, lake)
+    try:
+        check_sources(target.bootstrap, target.topic, target.mongo_uri)
+    except PreflightError as exc:
+        raise dg.Failure(description=str(exc)) from None
     options = StreamOptions(mode=config.mode, trigger_seconds=config.trigger_seconds,
                             max_offsets_per_trigger=config.max_offsets_per_trigger,
                             watermark=config.watermark,
@@ -87,8 +93,7 @@ def streaming_pipeline(context: dg.AssetExecutionContext, config: StreamRunConfi
                             write_strategy=mongo.write_strategy)
     reporter = DagsterProgressReporter(context, config.materialize_every_s)
     context.log.info(f"streaming {kafka.topic} -> {mongo.database} ({config.mode})")
-    summary = run_stream(spark.get_session(), target_from_resources(kafka, mongo, lake), options,
-                         on_progress=reporter)
+    summary = run_stream(spark.get_session(), target, options, on_progress=reporter)
     # The run's own materializations close it: totals of this run per asset.
     sink_docs = summary.sinks.get("documents", {})
     for spec in STREAMING_SPECS:

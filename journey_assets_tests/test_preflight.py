@@ -1,0 +1,44 @@
+"""`journey stream` against a missing topic, a dead broker or a dead MongoDB: one line saying
+so, exit 1, within seconds, no traceback (and no password), before Spark starts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from journey_assets.settings import Settings
+
+FREE_PORT = "127.0.0.1:1"  # nothing listens on port 1 here
+
+
+def _stream(settings: Settings, **env: str) -> tuple[int, str, float]:
+    full = {**os.environ, "JOURNEY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "JOURNEY_MONGO_URI": settings.mongo_uri, "JOURNEY_TOPIC": settings.topic,
+            "JOURNEY_DATA_DIR": str(settings.data_dir), **env}
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "journey_assets.cli", "stream", "--mode",
+                           "available-now"], env=full, capture_output=True, text=True,
+                          timeout=120)
+    return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"JOURNEY_TOPIC": f"no_such_topic_{uuid.uuid4().hex[:6]}"}, "does not exist on"),
+    ({"JOURNEY_KAFKA_BOOTSTRAP": FREE_PORT}, "no Kafka broker answers at 127.0.0.1:1"),
+    ({"JOURNEY_MONGO_URI": f"mongodb://app:pw-123@{FREE_PORT}/"},
+     "MongoDB at 127.0.0.1:1 does not answer"),
+], ids=["missing-topic", "dead-broker", "dead-mongodb"])
+def test_stream_fails_with_one_line(settings: Settings, fresh_topic: str, env: dict[str, str],
+                                    expected: str) -> None:
+    code, output, seconds = _stream(Settings(**{**settings.__dict__, "topic": fresh_topic}),
+                                    **env)
+    assert code == 1, output[-2000:]
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], output
+    assert "Traceback" not in output and "pw-123" not in output
+    assert seconds < 60
