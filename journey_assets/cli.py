@@ -212,6 +212,7 @@ def stream(mode: str, max_offsets: int, trigger_seconds: float,
     """Kafka -> Spark Structured Streaming -> MongoDB + lake (checkpoints under JOURNEY_DATA_DIR)."""
     from journey_assets.resources.spark import build_spark_session
     from journey_assets.settings import Settings
+    from journey_assets.streaming.lease import CheckpointLease, LeaseHeld
     from journey_assets.streaming.pipeline import StreamOptions, run_stream, target_from
     from journey_assets.streaming.preflight import PreflightError, check_sources
     from journey_assets.streaming.progress import format_progress
@@ -224,11 +225,21 @@ def stream(mode: str, max_offsets: int, trigger_seconds: float,
         sys.exit(1)
     options = StreamOptions(mode=mode, max_offsets_per_trigger=max_offsets,
                             trigger_seconds=trigger_seconds, session_gap_minutes=session_gap)
-    spark = build_spark_session(master=settings.spark_master, app_name="journey_stream",
-                                shuffle_partitions=shuffle_partitions)
-    click.echo(f"streaming {settings.topic} -> {settings.mongo_db} ({mode})", err=True)
-    summary = run_stream(spark, target_from(settings), options,
-                         on_progress=lambda _q, rec: click.echo(format_progress(rec)))
+    target = target_from(settings)
+    lease = CheckpointLease(target.checkpoint_root, owner=f"journey stream --mode {mode}")
+    try:  # one writer per checkpoint, taken before Spark starts
+        lease.acquire()
+    except LeaseHeld as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    try:
+        spark = build_spark_session(master=settings.spark_master, app_name="journey_stream",
+                                    shuffle_partitions=shuffle_partitions)
+        click.echo(f"streaming {settings.topic} -> {settings.mongo_db} ({mode})", err=True)
+        summary = run_stream(spark, target, options,
+                             on_progress=lambda _q, rec: click.echo(format_progress(rec)))
+    finally:
+        lease.release()
     click.echo(f"done: batches {summary.batches}, input rows {summary.input_rows}, "
                f"{summary.seconds:.1f} s")
 

@@ -13,6 +13,7 @@ import dagster as dg
 
 from journey_assets.resources import KafkaResource, LakeResource, MongoResource, SparkResource
 from journey_assets.settings import DEFAULT_MAX_OFFSETS_PER_TRIGGER
+from journey_assets.streaming.lease import LeaseHeld, checkpoint_lease
 from journey_assets.streaming.pipeline import (
     AVAILABLE_NOW,
     CONTINUOUS,
@@ -93,7 +94,12 @@ def streaming_pipeline(context: dg.AssetExecutionContext, config: StreamRunConfi
                             write_strategy=mongo.write_strategy)
     reporter = DagsterProgressReporter(context, config.materialize_every_s)
     context.log.info(f"streaming {kafka.topic} -> {mongo.database} ({config.mode})")
-    summary = run_stream(spark.get_session(), target, options, on_progress=reporter)
+    try:  # one writer per checkpoint: the catch-up job next to the continuous run stops here
+        with checkpoint_lease(target.checkpoint_root,
+                              owner=f"dagster run {context.run_id} ({config.mode})"):
+            summary = run_stream(spark.get_session(), target, options, on_progress=reporter)
+    except LeaseHeld as exc:
+        raise dg.Failure(description=str(exc)) from None
     # The run's own materializations close it: totals of this run per asset.
     sink_docs = summary.sinks.get("documents", {})
     for spec in STREAMING_SPECS:
