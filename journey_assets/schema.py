@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pyspark.sql import Column
@@ -89,6 +89,13 @@ UNPARSABLE_EVENT_TIME = "unparsable_event_time"
 NON_NUMERIC_PRICE = "non_numeric_price"
 NEGATIVE_PRICE = "negative_price"
 PRICE_OUT_OF_RANGE = "price_out_of_range"
+EVENT_TIME_OUT_OF_RANGE = "event_time_out_of_range"
+#: Plausible event times: from EARLIEST_EVENT_TIME to the time the record was received (its
+#: Kafka timestamp; now for files) + MAX_EVENT_TIME_AHEAD. Anything else is a dead letter: a
+#: year-9999 event would break the window arithmetic of the aggregations, a clock-skewed
+#: year-2100 event would move the watermark past every real event.
+EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_EVENT_TIME_AHEAD = timedelta(days=1)
 #: Prices at or above this are rejected: no real product costs that much, and the event id
 #: hashes the price in micro-units, which must fit a signed 64-bit integer.
 MAX_PRICE = 1e9
@@ -163,10 +170,12 @@ def record_texts(record: Mapping[str, Any]) -> list[str | None]:
             for v in map(record.get, CSV_COLUMNS)]
 
 
-def check_texts(texts: list[str | None]) -> tuple[str | None, tuple[datetime, int, int, float, int] | None]:
+def check_texts(texts: list[str | None], received_at: datetime | None = None,
+                ) -> tuple[str | None, tuple[datetime, int, int, float, int] | None]:
     """The rules over the nine texts: ``(reason, None)`` or ``(None, (time, product_id,
     category_id, price, user_id))``. It runs once per event in the producer, where its cost is
-    the producer's throughput: positions are precomputed, typed values built once."""
+    the producer's throughput: positions are precomputed, typed values built once.
+    ``received_at`` (default: now) bounds the event time from above."""
     for name, at in _REQUIRED_AT:
         if texts[at] is None:
             return missing(name), None
@@ -175,6 +184,8 @@ def check_texts(texts: list[str | None]) -> tuple[str | None, tuple[datetime, in
     ts = parse_time(texts[_TIME_AT])  # type: ignore[arg-type]
     if ts is None:
         return UNPARSABLE_EVENT_TIME, None
+    if not EARLIEST_EVENT_TIME <= ts <= (received_at or datetime.now(UTC)) + MAX_EVENT_TIME_AHEAD:
+        return EVENT_TIME_OUT_OF_RANGE, None
     ints = []
     for name, at in _INTEGER_AT:
         value: str = texts[at]  # type: ignore[assignment]
@@ -193,14 +204,16 @@ def check_texts(texts: list[str | None]) -> tuple[str | None, tuple[datetime, in
     return None, (ts, product_id, category_id, price, user_id)
 
 
-def validate_record(record: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+def validate_record(record: Mapping[str, Any], received_at: datetime | None = None,
+                    ) -> tuple[dict[str, Any] | None, str | None]:
     """Check one raw record (CSV row or decoded JSON) against the rules.
 
     Returns ``(event, None)`` with typed values, or ``(None, reason)``. The same rules, in the
-    same order, are ``validate_columns`` in Spark.
+    same order, are ``validate_columns`` in Spark. ``received_at``: when the record arrived
+    (its Kafka timestamp; default now), the upper bound of a plausible event time.
     """
     texts = record_texts(record)
-    reason, typed = check_texts(texts)
+    reason, typed = check_texts(texts, received_at)
     if typed is None:
         return None, reason
     ts, product_id, category_id, price, user_id = typed
@@ -261,11 +274,13 @@ def _blank_to_null(c: Column) -> Column:
     return F.when(F.trim(c) == "", F.lit(None)).otherwise(c)
 
 
-def validate_columns(raw: Column | None = None) -> tuple[Column, dict[str, Column]]:
+def validate_columns(raw: Column | None = None, received_at: Column | None = None,
+                     ) -> tuple[Column, dict[str, Column]]:
     """Spark twin of ``validate_record`` over a struct of text fields (``RAW_SCHEMA``).
 
     Returns ``(reason, typed)``: a column that is null for a valid record and the rejection
     reason otherwise, and the typed field expressions (meaningful where reason is null).
+    ``received_at`` (default: the current timestamp) bounds the event time from above.
     """
     def field(name: str) -> Column:
         c = raw[name] if raw is not None else F.col(name)
@@ -281,6 +296,11 @@ def validate_columns(raw: Column | None = None) -> tuple[Column, dict[str, Colum
         *((field(name).isNull(), missing(name)) for name in REQUIRED_FIELDS),
         (~field(EVENT_TYPE).isin(*EVENT_TYPES), UNKNOWN_EVENT_TYPE),
         (ts.isNull(), UNPARSABLE_EVENT_TIME),
+        ((ts < F.lit(EARLIEST_EVENT_TIME))
+         | (ts > (received_at if received_at is not None else F.current_timestamp())
+            + F.make_dt_interval(F.lit(MAX_EVENT_TIME_AHEAD.days), F.lit(0), F.lit(0),
+                                 F.lit(MAX_EVENT_TIME_AHEAD.seconds))),
+         EVENT_TIME_OUT_OF_RANGE),
         *(
             (~field(name).rlike(_INTEGER_RE) | field(name).try_cast(LongType()).isNull(),
              non_integer(name))

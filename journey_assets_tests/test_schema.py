@@ -4,11 +4,18 @@ must give the same verdict, the same reason and the same event_id for every reco
 from __future__ import annotations
 
 import itertools
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pyspark.sql import functions as F
 
-from journey_assets.schema import CSV_COLUMNS, RAW_SCHEMA, event_id, validate_record
+from journey_assets.schema import (
+    CSV_COLUMNS,
+    RAW_SCHEMA,
+    TIME_FORMAT_PY,
+    event_id,
+    validate_record,
+)
 from journey_assets.sources.synthetic import SyntheticConfig, generate_records
 from journey_assets.transforms.events import REASON, parse_text_events, with_event_keys
 
@@ -18,7 +25,9 @@ EDGE_PRICES = ["0", "0.0", "0.00", "1e3", "1E-2", ".5", "5.", "-0.0", "-0", "1.0
                "0x1A", "1e", "e5", "٣"]
 EDGE_TIMES = ["2019-10-01 00:00:00 UTC", " 2019-10-01 00:00:00 UTC", "2019-10-31 23:59:59 UTC", "2019-02-30 00:00:00 UTC",
               "2019-10-01 24:00:00 UTC", "2019-10-01T00:00:00Z", "2019-10-01 00:00:00",
-              "2020-02-29 12:00:00 UTC", "not a time", ""]
+              "2020-02-29 12:00:00 UTC", "not a time", "", "1999-12-31 23:59:59 UTC",
+              "2000-01-01 00:00:00 UTC", "9999-12-31 23:55:00 UTC", "2100-01-01 00:00:00 UTC",
+              "0001-01-01 00:00:00 UTC"]
 EDGE_IDS = ["1004856", "0", "-5", "007", "9223372036854775807", "1.0", "1e3", "abc", " 12", ""]
 
 
@@ -65,7 +74,8 @@ def test_validation_and_event_id_parity(spark, records):
     # The sample really exercises both sides: many valid rows and every kind of rejection.
     reasons = {validate_record(r)[1] for r in records}
     assert {None, "missing_user_id", "unparsable_event_time", "unknown_event_type",
-            "negative_price", "non_numeric_price", "non_integer_user_id"} <= reasons
+            "negative_price", "non_numeric_price", "non_integer_user_id",
+            "event_time_out_of_range"} <= reasons
 
 
 # Edge cases where the Python and Spark rules once diverged (both now reject all four).
@@ -77,6 +87,9 @@ EDGE_CASES = [
     pytest.param({"price": "1e13"}, id="price-overflows-micros"),
     pytest.param({"price": "1e400"}, id="infinite-price"),
     pytest.param({"price": "999999999.99"}, id="largest-accepted-price"),
+    pytest.param({"event_time": "9999-12-31 23:55:00 UTC"}, id="year-9999"),
+    pytest.param({"event_time": "0001-01-01 00:00:00 UTC"}, id="year-0001"),
+    pytest.param({"event_time": "2100-01-01 00:00:00 UTC"}, id="clock-skew-2100"),
 ]
 
 
@@ -86,10 +99,27 @@ def test_edge_cases_agree(spark, change):
     record = base | change
     raw = spark.createDataFrame([tuple(record[c] for c in CSV_COLUMNS)], RAW_SCHEMA)
     parsed = parse_text_events(raw)
-    [row] = parsed.select(REASON, *CSV_COLUMNS).collect()
+    # The reason alone first: a rejected year-0001 time cannot become a Python datetime.
+    [(spark_reason,)] = parsed.select(REASON).collect()
     event, reason = validate_record(record)
-    assert reason == row[REASON]
+    assert reason == spark_reason
     if event is not None:
+        [row] = parsed.select(*CSV_COLUMNS).collect()
         assert all(row[c] is not None for c in ("user_id", "product_id", "category_id", "price"))
         [keyed] = with_event_keys(parsed.where(F.col(REASON).isNull()).select(*CSV_COLUMNS)).collect()
         assert event_id(event) == keyed["event_id"]
+
+
+@pytest.mark.parametrize(("ahead", "reason"), [
+    (timedelta(hours=23), None), (timedelta(days=1), None),
+    (timedelta(days=1, seconds=1), "event_time_out_of_range"),
+], ids=["23h-ahead", "1d-ahead", "1d1s-ahead"])
+def test_event_time_is_bounded_by_the_receipt_time(spark, ahead: timedelta,
+                                                   reason: str | None) -> None:
+    """The upper bound is the record's own receipt time (its Kafka timestamp), in both."""
+    received = datetime(2019, 10, 1, 12, 0, tzinfo=UTC)
+    base = next(iter(generate_records(SyntheticConfig(n_events=10, seed=1))))
+    record = base | {"event_time": (received + ahead).strftime(TIME_FORMAT_PY)}
+    raw = spark.createDataFrame([tuple(record[c] for c in CSV_COLUMNS)], RAW_SCHEMA)
+    [row] = parse_text_events(raw, received_at=F.lit(received)).select(REASON).collect()
+    assert validate_record(record, received_at=received)[1] == reason == row[REASON]

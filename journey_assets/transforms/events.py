@@ -40,7 +40,7 @@ PARSED_EXTRA = (REASON, RAW, SOURCE, RECEIVED_AT)
 
 def _parse_struct(raw_text: Column, parsed: Column, malformed: Column, source: Column,
                   received_at: Column, df: DataFrame) -> DataFrame:
-    reason, typed = validate_columns(parsed)
+    reason, typed = validate_columns(parsed, received_at)
     reason = F.when(malformed, F.lit(MALFORMED_JSON)).otherwise(reason)
     return df.select(
         reason.alias(REASON),
