@@ -280,9 +280,11 @@ def _evaluate_schedule(batch, instance: dg.DagsterInstance, at: datetime,
                           resources=resources).get_repository_def()
     schedule = repo.get_schedule_def("batch_analytics_every_6h")
     assert schedule.cron_schedule == "0 */6 * * *"
-    context = dg.build_schedule_context(instance=instance, repository_def=repo,
-                                        scheduled_execution_time=at, resources=resources)
-    return schedule.evaluate_tick(context)
+    # As a context manager: its exit closes what the context opened (resources, the instance's
+    # context state), which would otherwise outlive this test's short-lived instance.
+    with dg.build_schedule_context(instance=instance, repository_def=repo,
+                                   scheduled_execution_time=at, resources=resources) as context:
+        return schedule.evaluate_tick(context)
 
 
 def test_schedule_requests_the_lakes_last_complete_day(batch, tmp_path):
