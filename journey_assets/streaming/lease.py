@@ -29,6 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from journey_assets.local.stack import pid_alive
+
 LEASE_FILE = "_lease.json"
 DEFAULT_TTL_S = 60.0
 
@@ -41,21 +43,11 @@ def _now() -> float:
     return time.time()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _is_live(held: dict[str, Any]) -> bool:
     if held.get("expires_at", 0) <= _now():
         return False
     if held.get("host") == socket.gethostname():
-        return _pid_alive(int(held.get("pid", 0)))
+        return pid_alive(int(held.get("pid", 0)))
     return True
 
 
