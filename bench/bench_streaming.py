@@ -284,6 +284,8 @@ def main() -> None:
     parser.add_argument("--warmup-seconds", type=float, default=30,
                         help="live events sent first and not measured (JIT, first jobs)")
     parser.add_argument("--trigger-seconds", type=float, default=1.0)
+    parser.add_argument("--sessions-trigger-seconds", type=float, default=None,
+                        help="trigger of the sessions query (default: the pipeline's)")
     parser.add_argument("--events-trigger-seconds", type=float, default=None,
                         help="trigger of the events query (default: the pipeline's)")
     parser.add_argument("--scheduler-mode", choices=["FAIR", "FIFO"], default="FAIR")
@@ -310,6 +312,7 @@ def main() -> None:
             for sessions, history in variants:
                 options = StreamOptions(mode="continuous", trigger_seconds=args.trigger_seconds,
                                         events_trigger_seconds=args.events_trigger_seconds,
+                                        sessions_trigger_seconds=args.sessions_trigger_seconds,
                                         sessions=sessions, history=history, poll_seconds=0.5)
                 results.append(latency(base, spark, Path(tmp), rate, args.latency_seconds,
                                        args.trigger_seconds, args.warmup_seconds, options))

@@ -201,6 +201,9 @@ def simulate(source: str, path: str | None, events: int | None, seed: int, rate:
                    "0: no cap (a backlog becomes one batch).")
 @click.option("--trigger-seconds", type=float, default=2.0, show_default=True,
               help="Processing-time trigger interval (continuous mode).")
+@click.option("--sessions-trigger-seconds", type=float, default=None,
+              help="Trigger interval of the sessions query (continuous mode; default: the "
+                   "pipeline's, see docs/streaming.md).")
 @click.option("--session-gap", type=float, default=30.0, show_default=True,
               help="Minutes of event time after its last event that close a session.")
 @click.option("--shuffle-partitions", type=int, default=2, show_default=True,
@@ -208,7 +211,8 @@ def simulate(source: str, path: str | None, events: int | None, seed: int, rate:
                    "(fixed by the checkpoint at the first start). On local[2], 1 gives the "
                    "lowest latency, 2 the highest throughput.")
 def stream(mode: str, max_offsets: int, trigger_seconds: float,
-           session_gap: float, shuffle_partitions: int) -> None:
+           sessions_trigger_seconds: float | None, session_gap: float,
+           shuffle_partitions: int) -> None:
     """Kafka -> Spark Structured Streaming -> MongoDB + lake (checkpoints under JOURNEY_DATA_DIR)."""
     from journey_assets.resources.spark import build_spark_session
     from journey_assets.settings import Settings
@@ -224,7 +228,9 @@ def stream(mode: str, max_offsets: int, trigger_seconds: float,
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     options = StreamOptions(mode=mode, max_offsets_per_trigger=max_offsets,
-                            trigger_seconds=trigger_seconds, session_gap_minutes=session_gap)
+                            trigger_seconds=trigger_seconds,
+                            sessions_trigger_seconds=sessions_trigger_seconds,
+                            session_gap_minutes=session_gap)
     target = target_from(settings)
     lease = CheckpointLease(target.checkpoint_root, owner=f"journey stream --mode {mode}")
     try:  # one writer per checkpoint, taken before Spark starts

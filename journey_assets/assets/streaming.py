@@ -68,6 +68,8 @@ STREAMING_SPECS = [
 class StreamRunConfig(dg.Config):
     mode: str = CONTINUOUS
     trigger_seconds: float = 2.0
+    #: Trigger of the sessions query (None: the pipeline's default, docs/streaming.md).
+    sessions_trigger_seconds: float | None = None
     #: Kafka records per micro-batch (0: no cap); bounds the driver's memory and a batch.
     max_offsets_per_trigger: int = DEFAULT_MAX_OFFSETS_PER_TRIGGER
     watermark: str = "10 minutes"
@@ -80,7 +82,8 @@ class StreamRunConfig(dg.Config):
 def streaming_pipeline(context: dg.AssetExecutionContext, config: StreamRunConfig,
                        kafka: KafkaResource, mongo: MongoResource, lake: LakeResource,
                        spark: SparkResource):
-    """Run the two streaming queries (see journey_assets.streaming.pipeline)."""
+    """Run the streaming queries (events, aggregations, sessions; see
+    journey_assets.streaming.pipeline)."""
     kafka.ensure_topic()
     target = target_from_resources(kafka, mongo, lake)
     try:
@@ -88,6 +91,7 @@ def streaming_pipeline(context: dg.AssetExecutionContext, config: StreamRunConfi
     except PreflightError as exc:
         raise dg.Failure(description=str(exc)) from None
     options = StreamOptions(mode=config.mode, trigger_seconds=config.trigger_seconds,
+                            sessions_trigger_seconds=config.sessions_trigger_seconds,
                             max_offsets_per_trigger=config.max_offsets_per_trigger,
                             watermark=config.watermark,
                             session_gap_minutes=config.session_gap_minutes,

@@ -63,6 +63,10 @@ class StreamOptions:
     #: the history, where seconds matter less than the cost per event: fewer, larger batches
     #: leave the cores to the aggregations query (the latency path) between them.
     events_trigger_seconds: float | None = None
+    #: Trigger of the sessions query (continuous mode; None: the events query's). A session
+    #: closes at least ``session_gap_minutes`` after its last event, so its documents gain
+    #: little from short triggers; each trigger costs a burst of jobs next to the latency path.
+    sessions_trigger_seconds: float | None = None
     #: Cap per micro-batch (all partitions together), in both modes; 0 = everything available
     #: (unbounded: a backlog becomes one batch).
     max_offsets_per_trigger: int = DEFAULT_MAX_OFFSETS_PER_TRIGGER
@@ -93,6 +97,10 @@ class StreamOptions:
     @property
     def events_trigger(self) -> float:
         return self.events_trigger_seconds or max(self.trigger_seconds, 15.0)
+
+    @property
+    def sessions_trigger(self) -> float:
+        return self.sessions_trigger_seconds or self.events_trigger
 
 
 @dataclass(frozen=True)
@@ -169,7 +177,7 @@ def _trigger(writer, options: StreamOptions, seconds: float):
 
 
 class StreamingPipeline:
-    """Starts, watches and stops the two queries; reports each micro-batch's progress."""
+    """Starts, watches and stops the queries; reports each micro-batch's progress."""
 
     def __init__(self, spark: SparkSession, target: StreamTarget, options: StreamOptions,
                  on_progress: ProgressCallback | None = None,
@@ -225,7 +233,7 @@ class StreamingPipeline:
                 .foreachBatch(sessions_sink)
             )
             self.queries[SESSIONS_QUERY] = _trigger(sessions_writer, self.options,
-                                                    self.options.events_trigger).start()
+                                                    self.options.sessions_trigger).start()
             # Its funnel counters are keyed by the query's id, which its checkpoint keeps.
             sessions_sink.set_query_id(str(self.queries[SESSIONS_QUERY].id))
 
