@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import multiprocessing
 import shutil
 import sys
 import tempfile
@@ -60,10 +61,20 @@ from journey_assets.transforms.events import (
 COLLECTIONS = (USER_FEATURES, CUSTOMER_SEGMENTS, CHURN_PREDICTIONS)
 
 
+def _write_csv(config: SyntheticConfig, path: Path) -> None:
+    write_csv(generate_records(config), path)
+
+
 def load_lake(spark, config: SyntheticConfig, workdir: Path, lake: str) -> float:
     csv_path = workdir / "events.csv"
     began = time.perf_counter()
-    write_csv(generate_records(config), csv_path)
+    # In a child process: the generator's memory must not count in the driver's peak RSS.
+    child = multiprocessing.get_context("spawn").Process(target=_write_csv,
+                                                         args=(config, csv_path))
+    child.start()
+    child.join()
+    if child.exitcode:
+        raise RuntimeError(f"generating {csv_path} failed (exit code {child.exitcode})")
     raw = spark.read.csv(str(csv_path), header=True, schema=RAW_SCHEMA)
     write_event_lake(enrich_events(valid_events(parse_text_events(raw))), lake)
     csv_path.unlink(missing_ok=True)

@@ -291,15 +291,20 @@ def main() -> None:
     parser.add_argument("--scheduler-mode", choices=["FAIR", "FIFO"], default="FAIR")
     parser.add_argument("--shuffle-partitions", type=int, default=2,
                         help="= state store partitions of the aggregation (fixed per checkpoint)")
+    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra Spark configuration (repeatable), to try a setting")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args()
+    extra_conf = {"spark.scheduler.mode": args.scheduler_mode}
+    extra_conf.update(item.split("=", 1) for item in args.conf)
 
     base = Settings.from_env()
     spark = build_spark_session(master=base.spark_master, app_name="bench_streaming",
                                 shuffle_partitions=args.shuffle_partitions,
-                                extra_conf={"spark.scheduler.mode": args.scheduler_mode})
-    print(f"load average at start: {os.getloadavg()}", flush=True)
+                                extra_conf=extra_conf)
+    print(f"load average at start: {os.getloadavg()}; master {base.spark_master}; "
+          f"conf {extra_conf}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_streaming_") as tmp:
         if not args.skip_throughput:
             throughput(base, spark, Path(tmp), args.events, args.max_offsets, args.days)
