@@ -211,11 +211,8 @@ class LocalStack:
         # WAL with synchronous=NORMAL: a commit no longer waits for fsync (the WAL is synced at
         # checkpoints). Survives a crash of any process; a power cut may lose the last commits
         # of this local, re-creatable store. FerretDB commits every 100 documents of an insert.
-        # busy_timeout: two executor tasks writing one collection wait for SQLite's one writer
-        # instead of failing with SQLITE_BUSY (seen re-writing 1.1M documents).
         argv = [
-            str(binary),
-            f"-sqlite-url=file:{data}/?_pragma=synchronous(normal)&_pragma=busy_timeout(60000)",
+            str(binary), f"-sqlite-url=file:{data}/?_pragma=synchronous(normal)",
             f"-listen-addr={HOST}:{svc.port}",
             "-log-level=warn",
         ]
