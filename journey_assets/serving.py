@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ import pyarrow as pa
 from pymongo import MongoClient, ReplaceOne
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pyspark.sql import DataFrame
 
 DEFAULT_BATCH_SIZE = 2_000
@@ -153,31 +152,10 @@ def _flush(coll: Collection, batch: list[dict[str, Any]], strategy: str,
     return result.upserted_count + result.matched_count
 
 
-#: FerretDB's SQLite has one writer: a write that meets another one's transaction can fail
-#: with "database is locked (SQLITE_BUSY)" (seen with two executor tasks re-writing 1.1M
-#: documents of one collection). It is transient; the writes here are idempotent, so retry.
-_SQLITE_BUSY = "SQLITE_BUSY"
-_BUSY_ATTEMPTS = 8
-
-
-def _retry_if_busy(write: Callable[[], Any]) -> Any:
-    for attempt in range(_BUSY_ATTEMPTS):
-        try:
-            return write()
-        except OperationFailure as exc:
-            if isinstance(exc, BulkWriteError) or _SQLITE_BUSY not in str(exc) \
-                    or attempt == _BUSY_ATTEMPTS - 1:
-                raise
-            time.sleep(min(0.05 * 2 ** attempt, 2.0))
-    return None  # not reached
-
-
 def _insert_new(coll: Collection, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Insert all; return the documents whose ``_id`` already existed (not written yet)."""
     try:
-        # A retry after a partial insert finds those documents taken: they are replaced by
-        # themselves, which changes nothing.
-        _retry_if_busy(lambda: coll.insert_many(docs, ordered=False))
+        coll.insert_many(docs, ordered=False)
         return []
     except BulkWriteError as exc:
         errors = exc.details.get("writeErrors", [])
@@ -195,8 +173,7 @@ def _replace_existing(coll: Collection, docs: list[dict[str, Any]]) -> None:
     """
     latest = list({doc["_id"]: doc for doc in docs}.values())
     for doc in latest:
-        result = _retry_if_busy(lambda doc=doc: coll.replace_one({"_id": doc["_id"]}, doc))
-        if result.matched_count == 0:
+        if coll.replace_one({"_id": doc["_id"]}, doc).matched_count == 0:
             _insert_new(coll, [doc])
 
 

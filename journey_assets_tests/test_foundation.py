@@ -76,29 +76,3 @@ def test_definitions_load_and_validate(settings: Settings) -> None:
     defs = build_definitions(settings)
     dg.Definitions.validate_loadable(defs)
     assert set(defs.resources) >= {"kafka", "mongo", "spark", "lake"}
-
-
-def test_a_write_that_meets_ferretdbs_busy_sqlite_is_retried_and_nothing_else_is() -> None:
-    from pymongo.errors import OperationFailure
-
-    from journey_assets.serving import _retry_if_busy
-
-    calls: list[int] = []
-
-    def busy_twice() -> str:
-        calls.append(1)
-        if len(calls) < 3:
-            raise OperationFailure("database is locked (5) (SQLITE_BUSY)", code=1)
-        return "written"
-
-    assert _retry_if_busy(busy_twice) == "written"
-    assert len(calls) == 3
-
-    def other_failure() -> None:
-        calls.append(1)
-        raise OperationFailure("not authorized", code=13)
-
-    calls.clear()
-    with pytest.raises(OperationFailure, match="not authorized"):
-        _retry_if_busy(other_failure)
-    assert len(calls) == 1
