@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from pymongo.collection import Collection
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_batch import jvm_peak_mb, python_peak_mb, reset_jvm_peak
@@ -81,7 +82,7 @@ def load_lake(spark, config: SyntheticConfig, workdir: Path, lake: str) -> float
     return time.perf_counter() - began
 
 
-def partition_documents(collection, as_of: str) -> int:
+def partition_documents(collection: Collection, as_of: str) -> int:
     """The partition's documents, counted through a cursor of ids: on FerretDB a count command
     over 1.1M documents took minutes, and one run's FerretDB was OOM-killed (19.8 GB) in one."""
     return sum(1 for _ in collection.find({"as_of": as_of}, {"_id": 1}, batch_size=10_000))

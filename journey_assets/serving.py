@@ -107,21 +107,18 @@ def upsert_documents(
     chosen = KEEP_EXISTING if keep_existing else write_strategy_for(db, strategy)
     coll = db[collection]
     written = 0
-    existing: list[dict[str, Any]] = []  # insert_replace: documents whose _id was taken
     batch: list[dict[str, Any]] = []
     for doc in documents:
         if "_id" not in doc:
             raise ValueError(f"document for {collection!r} has no deterministic _id: {doc!r}")
         batch.append(dict(doc))
         if len(batch) >= batch_size:
-            written += _flush(coll, batch, chosen, existing)
+            written += _flush(coll, batch, chosen)
             _fault_point(collection)
             batch = []
     if batch:
-        written += _flush(coll, batch, chosen, existing)
+        written += _flush(coll, batch, chosen)
         _fault_point(collection)
-    if existing:
-        _replace_existing(coll, existing)
     return written
 
 
@@ -138,14 +135,13 @@ def _fault_point(collection: str) -> None:
         os.killpg(os.getpgid(pid), signal.SIGKILL)
 
 
-def _flush(coll: Collection, batch: list[dict[str, Any]], strategy: str,
-           existing: list[dict[str, Any]]) -> int:
+def _flush(coll: Collection, batch: list[dict[str, Any]], strategy: str) -> int:
     # Within a batch the last version of an _id wins, as it would with sequential replaces.
     unique = list({doc["_id"]: doc for doc in batch}.values())
     if strategy == KEEP_EXISTING:
         return len(unique) - len(_insert_new(coll, unique))
     if strategy == INSERT_REPLACE:
-        existing.extend(_insert_new(coll, unique))
+        _replace_existing(coll, _insert_new(coll, unique))
         return len(unique)
     ops = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in unique]
     result = coll.bulk_write(ops, ordered=False)
@@ -165,14 +161,11 @@ def _insert_new(coll: Collection, docs: list[dict[str, Any]]) -> list[dict[str, 
 
 
 def _replace_existing(coll: Collection, docs: list[dict[str, Any]]) -> None:
-    """Replace the documents whose ``_id`` was taken, one ``replace_one`` by _id each (the one
-    FerretDB write that finds its document by index instead of scanning the collection).
-
-    If a later document repeats an _id of an earlier one, the later version wins, as with
-    sequential replaces. A document deleted meanwhile is inserted again.
+    """Replace the documents whose ``_id`` was taken (unique within a batch), one
+    ``replace_one`` by _id each: the one FerretDB write that finds its document by index
+    instead of scanning the collection. A document deleted meanwhile is inserted again.
     """
-    latest = list({doc["_id"]: doc for doc in docs}.values())
-    for doc in latest:
+    for doc in docs:
         if coll.replace_one({"_id": doc["_id"]}, doc).matched_count == 0:
             _insert_new(coll, [doc])
 
