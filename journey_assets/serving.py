@@ -85,11 +85,15 @@ def is_ferretdb(db: Database) -> bool:
     return "ferretdbVersion" in db.client.admin.command("buildInfo")
 
 
-def write_strategy_for(db: Database, strategy: str = "auto") -> str:
-    if strategy == "auto":
-        return INSERT_REPLACE if is_ferretdb(db) else REPLACE
-    if strategy not in (REPLACE, INSERT_REPLACE):
+def checked_strategy(strategy: str) -> str:
+    if strategy not in ("auto", REPLACE, INSERT_REPLACE):
         raise ValueError(f"unknown Mongo write strategy {strategy!r}: auto, replace or insert_replace")
+    return strategy
+
+
+def write_strategy_for(db: Database, strategy: str = "auto") -> str:
+    if checked_strategy(strategy) == "auto":
+        return INSERT_REPLACE if is_ferretdb(db) else REPLACE
     return strategy
 
 
@@ -239,15 +243,15 @@ def executor_id() -> str:
 _STRATEGIES: dict[str, str] = {}
 
 
-def _executor_strategy(db: Database, uri: str, strategy: str) -> str:
-    """``write_strategy_for``, probed once per worker and URI instead of once per batch."""
-    if strategy != "auto":
-        return strategy
-    with _CLIENTS_LOCK:
-        known = _STRATEGIES.get(uri)
-    if known is None:
-        known = _STRATEGIES[uri] = write_strategy_for(db, "auto")
-    return known
+def _driver_strategy(target: MongoTarget) -> str:
+    """The write strategy, resolved on the driver once per URI (with a short-lived client, so
+    the server's connection list keeps showing only the executors as writers)."""
+    if target.write_strategy != "auto":
+        return checked_strategy(target.write_strategy)
+    if target.uri not in _STRATEGIES:
+        with mongo_client(target.uri, app_name="journey-driver") as client:
+            _STRATEGIES[target.uri] = write_strategy_for(client[target.database])
+    return _STRATEGIES[target.uri]
 
 
 def _executor_client(uri: str) -> MongoClient:
@@ -269,6 +273,7 @@ class WriteSummary:
     collection: str
     rows: int = 0
     written: int = 0
+    tasks: int = 0
     by_executor: dict[str, int] = field(default_factory=dict)
 
 
@@ -294,6 +299,7 @@ def write_batches(frame: DataFrame, target: MongoTarget, collection: str,
 
     summary = WriteSummary(collection)
     for row in frame.mapInArrow(write_partition, SUMMARY_SCHEMA).collect():
+        summary.tasks += 1
         summary.rows += row["rows"]
         summary.written += row["written"]
         if row["rows"]:
@@ -308,14 +314,19 @@ def write_frame(frame: DataFrame, target: MongoTarget, collection: str,
     """Write the rows of ``frame`` (one column ``_id``) to ``collection`` from the executors.
 
     Each task converts its partition's Arrow batches with ``arrow_documents`` and writes them
-    with ``upsert_documents``.
+    with ``upsert_documents``. On FerretDB (strategy ``insert_replace``) a write that may
+    replace documents runs as one task: FerretDB's SQLite has one writer, and two tasks
+    replacing documents at once fail with ``database is locked (SQLITE_BUSY)`` on a large
+    collection. The frame is repartitioned (a shuffle), so the work before the write keeps
+    its parallelism; on MongoDB every partition writes at once.
     """
     if "_id" not in frame.columns:
         raise ValueError(f"rows for {collection!r} need an _id column: {frame.columns}")
+    strategy = KEEP_EXISTING if keep_existing else _driver_strategy(target)
+    if strategy == INSERT_REPLACE:
+        frame = frame.repartition(1)
 
     def write_batch(db: Database, batch: pa.RecordBatch) -> int:
-        strategy = (target.write_strategy if keep_existing
-                    else _executor_strategy(db, target.uri, target.write_strategy))
         return upsert_documents(db, collection, arrow_documents(batch, json_fields),
                                 batch_size=batch_size, strategy=strategy,
                                 keep_existing=keep_existing)

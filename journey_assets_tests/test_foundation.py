@@ -10,7 +10,12 @@ from kafka import KafkaProducer
 from pymongo.database import Database
 
 from journey_assets.definitions import build_definitions
-from journey_assets.serving import upsert_documents
+from journey_assets.serving import (
+    MongoTarget,
+    is_ferretdb,
+    upsert_documents,
+    write_frame,
+)
 from journey_assets.settings import Settings
 
 
@@ -76,3 +81,25 @@ def test_definitions_load_and_validate(settings: Settings) -> None:
     defs = build_definitions(settings)
     dg.Definitions.validate_loadable(defs)
     assert set(defs.resources) >= {"kafka", "mongo", "spark", "lake"}
+
+
+def test_write_frame_replaces_from_the_executors_one_task_on_ferretdb(
+        spark, settings: Settings, mongo_db: Database) -> None:
+    """A re-write replaces every document; on FerretDB (one SQLite writer) a write that may
+    replace runs as one task, on MongoDB one per partition; insert-only writes stay parallel."""
+    coll = "write_frame_probe"
+    target = MongoTarget(settings.mongo_uri, settings.mongo_db)
+    rows = spark.range(0, 3000, numPartitions=4).selectExpr(
+        "concat('u', id) AS _id", "id AS n", "id * 2 AS twice")
+    first = write_frame(rows, target, coll)
+    second = write_frame(rows.selectExpr("_id", "n", "-1 AS twice"), target, coll)
+    inserted = write_frame(rows, target, coll + "_insert_only", keep_existing=True)
+
+    one_writer = is_ferretdb(mongo_db)
+    assert (first.tasks, second.tasks) == ((1, 1) if one_writer else (4, 4))
+    assert inserted.tasks == 4
+    assert first.written == second.written == inserted.written == 3000
+    docs = {d["_id"]: d for d in mongo_db[coll].find({}, {"twice": 1, "n": 1})}
+    assert len(docs) == 3000
+    assert {d["twice"] for d in docs.values()} == {-1}
+    assert sorted(d["n"] for d in docs.values()) == list(range(3000))
