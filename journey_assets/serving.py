@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pymongo
 from pymongo import MongoClient, ReplaceOne
 from pymongo.collection import Collection
 from pymongo.database import Database
@@ -179,12 +180,25 @@ def _replace_existing(coll: Collection, docs: list[dict[str, Any]]) -> None:
 RUN_MARKER = "_run"
 
 
+#: Deadline of one stale-document delete (overrides the client's socket timeout): FerretDB
+#: answers it with a scan of the whole collection, ~2 minutes on 1.1M documents, more on a
+#: busy machine; MongoDB finds the documents through the partition index in milliseconds.
+STALE_DELETE_TIMEOUT_S = 1800.0
+
+
+def ensure_partition_index(db: Database, collection: str, partition_keys: Sequence[str]) -> None:
+    """An index on the partition's keys and the run marker: the stale delete and a partition's
+    reads are index scans on MongoDB, whatever the number of partitions (idempotent)."""
+    db[collection].create_index([*((key, 1) for key in partition_keys), (RUN_MARKER, 1)])
+
+
 def delete_stale(db: Database, collection: str, partition_filter: Mapping[str, Any],
                  marker: str) -> int:
     """Delete the partition's documents that the write stamped ``marker`` did not touch.
 
     One command of constant size whatever the partition's size (no list of kept ids)."""
-    result = db[collection].delete_many({**partition_filter, RUN_MARKER: {"$ne": marker}})
+    with pymongo.timeout(STALE_DELETE_TIMEOUT_S):
+        result = db[collection].delete_many({**partition_filter, RUN_MARKER: {"$ne": marker}})
     return result.deleted_count
 
 

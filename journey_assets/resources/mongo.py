@@ -17,6 +17,7 @@ from journey_assets.serving import (
     RUN_MARKER,
     MongoTarget,
     delete_stale,
+    ensure_partition_index,
     mongo_client,
     upsert_documents,
     write_frame,
@@ -61,6 +62,8 @@ class MongoResource(dg.ConfigurableResource):
         partition: a DataFrame is written from the executors (``write_frame``), the delete is
         one filter. Returns the documents written.
         """
+        with self.db() as db:
+            ensure_partition_index(db, collection, list(partition_filter))
         if isinstance(documents, DataFrame):
             written = write_frame(documents.withColumn(RUN_MARKER, F.lit(marker)), self.target,
                                   collection).written
