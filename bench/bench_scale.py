@@ -152,6 +152,9 @@ def main() -> None:
     passes: dict[str, Any] = {}
     with resources["mongo"].db() as db, dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(AS_OF_PARTITIONS, [as_of])
+        # The first pass writes into an empty database (a kept one from an earlier run would
+        # turn it into a re-write).
+        db.client.drop_database(settings.mongo_db)
         try:
             passes["first"] = materialize_pass("first", assets, resources, instance, as_of,
                                                run_config, db)
