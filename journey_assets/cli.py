@@ -96,14 +96,14 @@ def dev(port: int, seed_events: int) -> None:
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").touch()
     env = {**os.environ, "DAGSTER_HOME": str(home)}
-    ensure_topic(settings.kafka_bootstrap, settings.topic)
-    if seed_events and sum(end_offsets(settings.kafka_bootstrap, settings.topic).values()) == 0:
+    ensure_topic(settings.kafka, settings.topic)
+    if seed_events and sum(end_offsets(settings.kafka, settings.topic).values()) == 0:
         from journey_assets.sources.producer import produce, source_records
 
         click.echo(f"seeding {settings.topic} with {seed_events:,} synthetic events", err=True)
         summary = produce(source_records("synthetic", events=seed_events, seed=42,
                                          invalid_fraction=0.001),
-                          settings.kafka_bootstrap, settings.topic)
+                          settings.kafka, settings.topic)
         for line in summary.lines():
             click.echo(line)
         # Dimensions first, so that the streaming job enriches with them from its first batch.
@@ -184,7 +184,7 @@ def simulate(source: str, path: str | None, events: int | None, seed: int, rate:
     mongo = MongoResource(uri=settings.mongo_uri, database=settings.mongo_db)
     # Malformed CSV lines cannot reach Kafka: written to dead_letter_events from here.
     dead_letters = DeadLetterWriter(lambda docs: mongo.upsert(DEAD_LETTER_EVENTS, docs))
-    summary = produce(records, settings.kafka_bootstrap, settings.topic, rate=rate, mode=mode,
+    summary = produce(records, settings.kafka, settings.topic, rate=rate, mode=mode,
                       partitions=partitions, client=client, dead_letters=dead_letters)
     for line in summary.lines():
         click.echo(line)
@@ -223,8 +223,8 @@ def stream(mode: str, max_offsets: int, trigger_seconds: float,
 
     settings = Settings.from_env()
     try:  # before Spark starts: a missing topic or a dead server is one line, not a trace
-        check_sources(settings.kafka_bootstrap, settings.topic, settings.mongo_uri)
-    except PreflightError as exc:
+        check_sources(settings.kafka, settings.topic, settings.mongo_uri)
+    except (PreflightError, ValueError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     options = StreamOptions(mode=mode, max_offsets_per_trigger=max_offsets,

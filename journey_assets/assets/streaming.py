@@ -87,7 +87,7 @@ def streaming_pipeline(context: dg.AssetExecutionContext, config: StreamRunConfi
     kafka.ensure_topic()
     target = target_from_resources(kafka, mongo, lake)
     try:
-        check_sources(target.bootstrap, target.topic, target.mongo_uri)
+        check_sources(target.kafka, target.topic, target.mongo_uri)
     except PreflightError as exc:
         raise dg.Failure(description=str(exc)) from None
     options = StreamOptions(mode=config.mode, trigger_seconds=config.trigger_seconds,

@@ -24,7 +24,7 @@ from pyspark.sql.streaming import StreamingQuery
 
 from journey_assets.schema import EVENT_ID, EVENT_TIME
 from journey_assets.serving import MongoTarget
-from journey_assets.settings import DEFAULT_MAX_OFFSETS_PER_TRIGGER
+from journey_assets.settings import DEFAULT_MAX_OFFSETS_PER_TRIGGER, KafkaConnection
 from journey_assets.streaming.sinks import (
     AggregationsSink,
     EventsSink,
@@ -107,7 +107,7 @@ class StreamOptions:
 class StreamTarget:
     """Where the pipeline reads and writes (from Settings / the Dagster resources)."""
 
-    bootstrap: str
+    kafka: KafkaConnection
     topic: str
     mongo_uri: str
     mongo_db: str
@@ -135,7 +135,7 @@ ProgressCallback = Callable[[str, dict[str, Any]], None]
 def kafka_source(spark: SparkSession, target: StreamTarget, options: StreamOptions) -> DataFrame:
     reader = (
         spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", target.bootstrap)
+        .options(**target.kafka.spark_options())
         .option("subscribe", target.topic)
         .option("startingOffsets", options.starting_offsets)
         # Retention may delete unread offsets on a long outage: log it, keep going.
@@ -376,7 +376,7 @@ def run_stream(spark: SparkSession, target: StreamTarget, options: StreamOptions
 def target_from_resources(kafka, mongo, lake) -> StreamTarget:
     """The pipeline target from the Kafka, Mongo and lake resources (paths: the lake layout)."""
     return StreamTarget(
-        bootstrap=kafka.bootstrap_servers, topic=kafka.topic,
+        kafka=kafka.connection, topic=kafka.topic,
         mongo_uri=mongo.uri, mongo_db=mongo.database,
         events_path=lake.events_path,
         dead_letters_path=lake.dead_letters_path,

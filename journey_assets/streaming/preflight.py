@@ -10,6 +10,8 @@ from kafka.errors import KafkaError
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+from journey_assets.settings import KafkaConnection, kafka_connection
+
 #: How long each check waits for an answer.
 TIMEOUT_S = 10.0
 
@@ -23,15 +25,21 @@ def mongo_hosts(uri: str) -> str:
     return urlsplit(uri).netloc.rsplit("@", 1)[-1] or uri.split("://", 1)[-1]
 
 
-def check_kafka(bootstrap: str, topic: str, timeout_s: float = TIMEOUT_S) -> None:
+def check_kafka(kafka: KafkaConnection | str, topic: str, timeout_s: float = TIMEOUT_S) -> None:
+    kafka = kafka_connection(kafka)
+    bootstrap = kafka.bootstrap
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="journey-preflight",
+        admin = KafkaAdminClient(client_id="journey-preflight",
                                  request_timeout_ms=int(timeout_s * 1000),
-                                 bootstrap_timeout_ms=int(timeout_s * 1000))
+                                 bootstrap_timeout_ms=int(timeout_s * 1000),
+                                 **kafka.python_options())
     except KafkaError as exc:
+        hint = ("check JOURNEY_KAFKA_SECURITY_PROTOCOL and the SASL / TLS settings"
+                if kafka.security_protocol != "PLAINTEXT" else "locally: `journey stack up`")
         raise PreflightError(
-            f"no Kafka broker answers at {bootstrap} (JOURNEY_KAFKA_BOOTSTRAP) within "
-            f"{timeout_s:.0f} s ({type(exc).__name__}); locally: `journey stack up`") from None
+            f"no Kafka broker answers at {bootstrap} (JOURNEY_KAFKA_BOOTSTRAP, "
+            f"{kafka.security_protocol}) within {timeout_s:.0f} s ({type(exc).__name__}); "
+            f"{hint}") from None
     try:
         topics = admin.list_topics()
     except KafkaError as exc:
@@ -58,9 +66,9 @@ def check_mongo(uri: str, timeout_s: float = TIMEOUT_S) -> None:
         client.close()
 
 
-def check_sources(bootstrap: str, topic: str, mongo_uri: str,
+def check_sources(kafka: KafkaConnection | str, topic: str, mongo_uri: str,
                   timeout_s: float = TIMEOUT_S) -> None:
     """Raise ``PreflightError`` unless the broker answers, the topic exists and MongoDB
     answers."""
-    check_kafka(bootstrap, topic, timeout_s)
+    check_kafka(kafka, topic, timeout_s)
     check_mongo(mongo_uri, timeout_s)
