@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -94,7 +95,11 @@ def dev(port: int, seed_events: int) -> None:
     settings = Settings.from_env()
     home = Path(os.environ.get("DAGSTER_HOME", Path.cwd() / ".local" / "dagster_home")).resolve()
     home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").touch()
+    instance_yaml = home / "dagster.yaml"
+    if not instance_yaml.exists() or not instance_yaml.read_text().strip():
+        # Run monitoring: a streaming run whose process died is marked failed (not left
+        # STARTED forever), so the supervisor sensor starts a new one. A user's file is kept.
+        instance_yaml.write_text(DEV_INSTANCE_YAML)
     env = {**os.environ, "DAGSTER_HOME": str(home)}
     ensure_topic(settings.kafka, settings.topic)
     if seed_events and sum(end_offsets(settings.kafka, settings.topic).values()) == 0:
@@ -116,7 +121,69 @@ def dev(port: int, seed_events: int) -> None:
     cmd = [sys.executable, "-m", "dagster", "dev", "-p", str(port)]
     cmd += ["-w", str(workspace)] if workspace.exists() else ["-m", "journey_assets.definitions"]
     click.echo(f"dagster dev on http://127.0.0.1:{port} (DAGSTER_HOME={home})")
-    sys.exit(subprocess.call(cmd, env=env))
+    sys.exit(_run_until_interrupted(cmd, env))
+
+
+#: The instance of `journey dev` (written when DAGSTER_HOME has no dagster.yaml yet).
+DEV_INSTANCE_YAML = """\
+# Written by `journey dev`; edit freely (it is not overwritten once it has content).
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 300     # Spark can take a while to start on a busy laptop
+  cancel_timeout_seconds: 180    # let query.stop() finish a micro-batch
+  max_resume_run_attempts: 0     # no resume: the supervisor sensor relaunches from checkpoints
+  poll_interval_seconds: 30
+telemetry:
+  enabled: false
+"""
+#: Seconds `dagster dev` gets to stop its webserver, daemon, code servers and runs after a
+#: Ctrl-C before it is sent SIGTERM, then (its whole process group) SIGKILL.
+DEV_STOP_GRACE_S = 20.0
+
+
+def _run_until_interrupted(cmd: list[str], env: dict[str, str]) -> int:
+    """Run `dagster dev` in a process group of its own and stop all of it on Ctrl-C.
+
+    ``subprocess.call`` would SIGKILL `dagster dev` on KeyboardInterrupt, orphaning its
+    webserver, daemon, code servers and run workers. Instead the interrupt is forwarded to the
+    group (a run worker stops its streaming queries on it), `dagster dev` gets
+    ``DEV_STOP_GRACE_S`` to shut down, then SIGTERM, then the group gets SIGKILL.
+    """
+    import signal
+    import time
+
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        click.echo("stopping dagster dev (its runs, webserver, daemon and code servers)...",
+                   err=True)
+        for sig, grace in ((signal.SIGINT, DEV_STOP_GRACE_S), (signal.SIGTERM, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and _group_alive(proc.pid):
+                time.sleep(0.5)
+            if not _group_alive(proc.pid):
+                break
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        click.echo("stopped; the local stack keeps running (`journey stack down` stops it)",
+                   err=True)
+        return 130
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while any process of process group ``pgid`` exists (zombies aside)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 # -- events: synthetic data and the producer ---------------------------------------------------
