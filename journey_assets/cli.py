@@ -285,7 +285,11 @@ def stream(mode: str, max_offsets: int, trigger_seconds: float,
     from journey_assets.settings import Settings
     from journey_assets.streaming.lease import CheckpointLease, LeaseHeld
     from journey_assets.streaming.pipeline import StreamOptions, run_stream, target_from
-    from journey_assets.streaming.preflight import PreflightError, check_sources
+    from journey_assets.streaming.preflight import (
+        PreflightError,
+        check_checkpoints,
+        check_sources,
+    )
     from journey_assets.streaming.progress import format_progress
 
     settings = Settings.from_env()
@@ -300,9 +304,10 @@ def stream(mode: str, max_offsets: int, trigger_seconds: float,
                             session_gap_minutes=session_gap)
     target = target_from(settings)
     lease = CheckpointLease(target.checkpoint_root, owner=f"journey stream --mode {mode}")
-    try:  # one writer per checkpoint, taken before Spark starts
+    try:  # one writer per checkpoint, taken before Spark starts; a corrupt one is one line
+        check_checkpoints(target.query_checkpoints())
         lease.acquire()
-    except LeaseHeld as exc:
+    except (LeaseHeld, PreflightError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     try:

@@ -31,6 +31,7 @@ from journey_assets.settings import Settings
 from journey_assets.sources.producer import produce
 from journey_assets.sources.synthetic import SyntheticConfig, generate_records
 from journey_assets.streaming.pipeline import target_from
+from journey_assets.streaming.preflight import check_checkpoints
 from journey_assets_tests.test_streaming import (  # noqa: F401 (fixtures)
     assert_matches_truth,
     compute_truth,
@@ -184,3 +185,33 @@ def test_deleted_checkpoint_keeps_lake_history_and_doubles_nothing(
     assert _lake_ids(stream_settings, version_before) == sorted(truth.events)
     operations = {h["operation"] for h in DeltaTable(events_path).history()}
     assert operations <= {"CREATE TABLE", "MERGE", "WRITE"}, operations
+
+
+@pytest.mark.slow
+def test_corrupt_checkpoint_is_one_line_and_moving_it_aside_recovers(
+        stream_settings: Settings, stream_db: Database, tmp_path: Path) -> None:  # noqa: F811
+    _records, truth = _produce_case(stream_settings, seed=19)
+    _run_to_end(stream_settings, tmp_path / "first.log")
+    checkpoints = Path(stream_settings.data_dir) / "checkpoints"
+    queries = target_from(stream_settings).query_checkpoints()
+    assert len(queries) == 3 and all(Path(q, "metadata").exists() for q in queries)
+    check_checkpoints(queries)  # Spark's own checkpoints pass the check
+    events = checkpoints / "events"
+    newest = max((p for p in (events / "offsets").iterdir() if p.name.isdigit()),
+                 key=lambda p: int(p.name))
+    newest.write_text(newest.read_text()[:40])  # a copy cut short
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "journey_assets.cli", "stream", "--mode", "available-now"],
+        env=_env(stream_settings), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith(f"error: the streaming checkpoint {events} is corrupt "
+                               f"(offsets/{newest.name} ")
+    assert f"mv {events} {events}.corrupt" in lines[0]
+
+    # The documented way out.
+    events.rename(events.parent / "events.corrupt")
+    _run_to_end(stream_settings, tmp_path / "after.log")
+    _assert_final_state(stream_settings, stream_db, truth)

@@ -21,7 +21,7 @@ from journey_assets.streaming.pipeline import (
     run_stream,
     target_from_resources,
 )
-from journey_assets.streaming.preflight import PreflightError, check_sources
+from journey_assets.streaming.preflight import PreflightError, check_checkpoints, check_sources
 from journey_assets.streaming.progress import DagsterProgressReporter
 from journey_assets.streaming.sinks import (
     CONVERSION_FUNNEL,
@@ -88,6 +88,7 @@ def streaming_pipeline(context: dg.AssetExecutionContext, config: StreamRunConfi
     target = target_from_resources(kafka, mongo, lake)
     try:
         check_sources(target.kafka, target.topic, target.mongo_uri)
+        check_checkpoints(target.query_checkpoints())
     except PreflightError as exc:
         raise dg.Failure(description=str(exc)) from None
     options = StreamOptions(mode=config.mode, trigger_seconds=config.trigger_seconds,

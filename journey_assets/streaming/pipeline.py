@@ -52,6 +52,7 @@ MODES = (AVAILABLE_NOW, CONTINUOUS)
 EVENTS_QUERY = "events"
 AGGREGATIONS_QUERY = "aggregations"
 SESSIONS_QUERY = "sessions"
+QUERY_NAMES = (EVENTS_QUERY, AGGREGATIONS_QUERY, SESSIONS_QUERY)
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,9 @@ class StreamTarget:
 
     def checkpoint(self, query: str) -> str:
         return f"{self.checkpoint_root}/{query}"
+
+    def query_checkpoints(self) -> list[str]:
+        return [self.checkpoint(query) for query in QUERY_NAMES]
 
 
 @dataclass
