@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from pymongo import MongoClient
 
 from journey_assets.local.stack import LocalStack, kafka_ready, mongo_ready
 from journey_assets.settings import Settings
@@ -57,9 +58,9 @@ def test_ctrl_c_stops_journey_dev_and_everything_it_started(
     env = {**os.environ, "DAGSTER_HOME": str(home), "JOURNEY_HOME": str(local_stack.home),
            "JOURNEY_DATA_DIR": str(tmp_path / "data"), "JOURNEY_TOPIC": f"{settings.topic}_dev",
            "JOURNEY_MONGO_DB": f"{settings.mongo_db}_dev"}
-    journey = str(Path(sys.executable).parent / "journey")
     log = (tmp_path / "dev.log").open("wb")
-    dev = subprocess.Popen([journey, "dev", "--port", str(port), "--seed-events", "3000"],
+    dev = subprocess.Popen([sys.executable, "-m", "journey_assets.cli", "dev", "--port",
+                            str(port), "--seed-events", "3000"],
                            env=env, stdout=log, stderr=subprocess.STDOUT,
                            start_new_session=True)  # its own group, as in a terminal
     try:
@@ -74,14 +75,14 @@ def test_ctrl_c_stops_journey_dev_and_everything_it_started(
                                   and r["status"] == "STARTED"), None)
             except OSError:
                 continue
-        # Active: its Spark JVM is up (it descends from the run worker, with its environment).
-        while not any("java" in c.split(" ", 1)[0]
-                      for c in _processes_with(str(home)).values()):
-            assert time.monotonic() < deadline, _processes_with(str(home))
+        # Active: its queries have committed a micro-batch of the seeded events.
+        while not list((tmp_path / "data").rglob("checkpoints/events/commits/0")):
+            assert time.monotonic() < deadline, (tmp_path / "dev.log").read_text()[-3000:]
             time.sleep(2)
-        time.sleep(10)
         started = _processes_with(str(home))
-        assert any("dagster" in c for c in started.values()) and len(started) >= 4, started
+        # dagster dev, webserver, daemon, code server(s), run worker, its Spark JVM.
+        assert any(c.startswith("java") or "/java " in c for c in started.values()), started
+        assert len(started) >= 5, started
 
         os.killpg(dev.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         time.sleep(30)
@@ -95,6 +96,8 @@ def test_ctrl_c_stops_journey_dev_and_everything_it_started(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         log.close()
+        with MongoClient(settings.mongo_uri) as client:
+            client.drop_database(env["JOURNEY_MONGO_DB"])
     # The stack is left up for `journey stack down`.
     assert kafka_ready(local_stack.kafka.port) and mongo_ready(local_stack.mongo.port)
     assert "stopped; the local stack keeps running" in (tmp_path / "dev.log").read_text()
