@@ -273,18 +273,25 @@ def simulate(source: str, path: str | None, events: int | None, seed: int, rate:
                    "pipeline's, see docs/streaming.md).")
 @click.option("--session-gap", type=float, default=30.0, show_default=True,
               help="Minutes of event time after its last event that close a session.")
+@click.option("--stall-timeout", type=float, default=900.0, show_default=True,
+              help="Watchdog: seconds a micro-batch may run before the stream fails (0: off).")
 @click.option("--shuffle-partitions", type=int, default=2, show_default=True,
               help="Spark shuffle partitions = state store partitions of the aggregation "
                    "(fixed by the checkpoint at the first start). On local[2], 1 gives the "
                    "lowest latency, 2 the highest throughput.")
 def stream(mode: str, max_offsets: int, trigger_seconds: float,
-           sessions_trigger_seconds: float | None, session_gap: float,
+           sessions_trigger_seconds: float | None, session_gap: float, stall_timeout: float,
            shuffle_partitions: int) -> None:
     """Kafka -> Spark Structured Streaming -> MongoDB + lake (checkpoints under JOURNEY_DATA_DIR)."""
     from journey_assets.resources.spark import build_spark_session
     from journey_assets.settings import Settings
     from journey_assets.streaming.lease import CheckpointLease, LeaseHeld
-    from journey_assets.streaming.pipeline import StreamOptions, run_stream, target_from
+    from journey_assets.streaming.pipeline import (
+        StreamFailure,
+        StreamOptions,
+        run_stream,
+        target_from,
+    )
     from journey_assets.streaming.preflight import (
         PreflightError,
         check_checkpoints,
@@ -301,7 +308,8 @@ def stream(mode: str, max_offsets: int, trigger_seconds: float,
     options = StreamOptions(mode=mode, max_offsets_per_trigger=max_offsets,
                             trigger_seconds=trigger_seconds,
                             sessions_trigger_seconds=sessions_trigger_seconds,
-                            session_gap_minutes=session_gap)
+                            session_gap_minutes=session_gap,
+                            stall_timeout_seconds=stall_timeout)
     target = target_from(settings)
     lease = CheckpointLease(target.checkpoint_root, owner=f"journey stream --mode {mode}")
     try:  # one writer per checkpoint, taken before Spark starts; a corrupt one is one line
@@ -316,6 +324,9 @@ def stream(mode: str, max_offsets: int, trigger_seconds: float,
         click.echo(f"streaming {settings.topic} -> {settings.mongo_db} ({mode})", err=True)
         summary = run_stream(spark, target, options,
                              on_progress=lambda _q, rec: click.echo(format_progress(rec)))
+    except StreamFailure as exc:  # its Java detail is in Spark's log above
+        click.echo(f"error: {str(exc).splitlines()[0]}", err=True)
+        sys.exit(1)
     finally:
         lease.release()
     click.echo(f"done: batches {summary.batches}, input rows {summary.input_rows}, "

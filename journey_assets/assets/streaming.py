@@ -76,6 +76,8 @@ class StreamRunConfig(dg.Config):
     #: A session closes this many minutes of event time after its last event.
     session_gap_minutes: float = 30.0
     materialize_every_s: float = 30.0
+    #: Watchdog: fail the run when a micro-batch runs this long (0: off).
+    stall_timeout_seconds: float = 900.0
 
 
 @dg.multi_asset(specs=STREAMING_SPECS, name=STREAMING_OP, can_subset=False)
@@ -96,7 +98,8 @@ def streaming_pipeline(context: dg.AssetExecutionContext, config: StreamRunConfi
                             max_offsets_per_trigger=config.max_offsets_per_trigger,
                             watermark=config.watermark,
                             session_gap_minutes=config.session_gap_minutes,
-                            write_strategy=mongo.write_strategy)
+                            write_strategy=mongo.write_strategy,
+                            stall_timeout_seconds=config.stall_timeout_seconds)
     reporter = DagsterProgressReporter(context, config.materialize_every_s)
     context.log.info(f"streaming {kafka.topic} -> {mongo.database} ({config.mode})")
     try:  # one writer per checkpoint: the catch-up job next to the continuous run stops here

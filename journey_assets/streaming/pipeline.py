@@ -90,6 +90,10 @@ class StreamOptions:
     session_state_buckets: int = 64
     write_strategy: str = "auto"
     poll_seconds: float = 1.0
+    #: Watchdog: a query whose micro-batch has run this long fails the run (0: off), so a hung
+    #: server or a stuck task ends in a restart by the supervisor instead of a silent stall.
+    #: A batch is bounded by ``max_offsets_per_trigger``: minutes at most on a laptop.
+    stall_timeout_seconds: float = 900.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -194,6 +198,7 @@ class StreamingPipeline:
         self.sink_output: dict[tuple[str, int], dict[str, Any]] = {}
         self.queries: dict[str, StreamingQuery] = {}
         self._reported: dict[str, int] = {}
+        self._busy_since: dict[str, tuple[int, float]] = {}
         self._input_rows: dict[str, int] = {}
         self._batches: dict[str, int] = {}
 
@@ -276,6 +281,26 @@ class StreamingPipeline:
             "written": self.sink_output.get((name, batch_id), {}),
         }
 
+    def stalled(self, now: float | None = None) -> str | None:
+        """A query whose current micro-batch has run for ``stall_timeout_seconds``, if any
+        (as a sentence), else None. A batch is told apart by the last reported batch id."""
+        limit = self.options.stall_timeout_seconds
+        now = time.monotonic() if now is None else now
+        for name, query in self.queries.items():
+            if not query.isActive or not query.status.get("isTriggerActive"):
+                self._busy_since.pop(name, None)
+                continue
+            done = self._reported.get(name, -1)
+            batch, since = self._busy_since.get(name, (done, now))
+            if batch != done:  # a batch completed since: a new one is running
+                batch, since = done, now
+            self._busy_since[name] = (batch, since)
+            if limit and now - since >= limit:
+                return (f"the {name} query has been in micro-batch {done + 1} for "
+                        f"{now - since:.0f} s (stall_timeout_seconds={limit:.0f}): a hung "
+                        f"server or a stuck task; the run fails so that it is restarted")
+        return None
+
     def failure(self) -> BaseException | None:
         for query in self.queries.values():
             exc = query.exception()
@@ -287,9 +312,13 @@ class StreamingPipeline:
         return any(q.isActive for q in self.queries.values())
 
     def stop_queries(self) -> None:
-        for query in self.queries.values():
+        for name, query in self.queries.items():
             if query.isActive:
-                query.stop()
+                try:
+                    query.stop()
+                except Exception as exc:  # stopTimeout: a stuck batch
+                    logger.warning("the %s query did not stop cleanly: %s", name,
+                                   str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
     def stop(self) -> None:
         self.stop_queries()
@@ -325,6 +354,9 @@ def _run_once(pipeline: StreamingPipeline, options: StreamOptions,
             exc = pipeline.failure()
             if exc is not None:
                 raise StreamFailure(f"streaming query failed: {exc}") from exc
+            stall = pipeline.stalled()
+            if stall is not None:
+                raise StreamFailure(stall)
             if should_stop is not None and should_stop():
                 break
             time.sleep(options.poll_seconds)
