@@ -79,3 +79,22 @@ def test_a_corrupt_checkpoint_is_one_line_with_the_way_out(tmp_path, offsets: st
     message = str(failure.value)
     assert f"the streaming checkpoint {query} is corrupt ({problem})" in message
     assert f"mv {query} {query}.corrupt" in message and "\n" not in message
+
+
+def test_a_query_failure_is_summarized_by_its_innermost_error() -> None:
+    from journey_assets.streaming.pipeline import failure_summary
+
+    python_side = RuntimeError(
+        "An exception was raised by the Python Proxy. Return Message: Traceback (most recent "
+        "call last):\n  File \"sinks.py\", line 9, in __call__\n"
+        "pymongo.errors.ServerSelectionTimeoutError: 127.0.0.1:27417: timed out\n")
+    assert failure_summary(python_side) == \
+        "ServerSelectionTimeoutError: 127.0.0.1:27417: timed out"
+    java_side = RuntimeError(
+        "[STREAM_FAILED] Query terminated with exception: Job aborted\n"
+        "org.apache.spark.SparkException: Job aborted due to stage failure: boom\n"
+        "\tat org.apache.spark.scheduler.DAGScheduler.failJobAndIndependentStages\n"
+        "Caused by: java.lang.IllegalStateException: offsets/7 is not a valid offset log\n")
+    assert failure_summary(java_side) == \
+        "IllegalStateException: offsets/7 is not a valid offset log"
+    assert failure_summary(RuntimeError("one line only")) == "one line only"

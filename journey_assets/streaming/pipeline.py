@@ -14,6 +14,7 @@ Both modes run the same code: ``available-now`` (everything in the topic, then s
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -290,7 +291,8 @@ class StreamingPipeline:
             if not query.isActive or not query.status.get("isTriggerActive"):
                 self._busy_since.pop(name, None)
                 continue
-            done = self._reported.get(name, -1)
+            last = query.lastProgress
+            done = int(last["batchId"]) if last else self._reported.get(name, -1)
             batch, since = self._busy_since.get(name, (done, now))
             if batch != done:  # a batch completed since: a new one is running
                 batch, since = done, now
@@ -341,8 +343,27 @@ class StreamFailure(RuntimeError):
 _KAFKA_METRICS_NPE = 'because the return value of "scala.Option.get()" is null'
 
 
-def is_kafka_metrics_npe(exc: BaseException) -> bool:
-    return _KAFKA_METRICS_NPE in str(exc)
+def is_kafka_metrics_npe(exc: BaseException | None) -> bool:
+    """The known NPE, in the exception or its causes (a StreamFailure keeps one line)."""
+    while exc is not None:
+        if _KAFKA_METRICS_NPE in str(exc):
+            return True
+        exc = exc.__cause__
+    return False
+
+
+_ERROR_LINE = re.compile(r"^\s*(?:Caused by: )?([A-Za-z_][\w.$]*(?:Error|Exception|Timeout)\w*): (.+)$")
+
+
+def failure_summary(exc: BaseException) -> str:
+    """The line of a query failure that says what went wrong: the innermost ``SomeError:
+    message`` of its (Java or Python) trace, else its first line."""
+    text = str(exc)
+    found = [m for line in text.splitlines() if (m := _ERROR_LINE.match(line))]
+    if not found:
+        return text.splitlines()[0] if text else type(exc).__name__
+    name, message = found[-1].groups()
+    return f"{name.rsplit('.', 1)[-1]}: {message}"
 
 
 def _run_once(pipeline: StreamingPipeline, options: StreamOptions,
@@ -353,7 +374,7 @@ def _run_once(pipeline: StreamingPipeline, options: StreamOptions,
             pipeline.report_progress()
             exc = pipeline.failure()
             if exc is not None:
-                raise StreamFailure(f"streaming query failed: {exc}") from exc
+                raise StreamFailure(f"streaming query failed: {failure_summary(exc)}") from exc
             stall = pipeline.stalled()
             if stall is not None:
                 raise StreamFailure(stall)
@@ -363,7 +384,7 @@ def _run_once(pipeline: StreamingPipeline, options: StreamOptions,
         pipeline.stop_queries()
         exc = pipeline.failure()
         if exc is not None:
-            raise StreamFailure(f"streaming query failed: {exc}") from exc
+            raise StreamFailure(f"streaming query failed: {failure_summary(exc)}") from exc
         pipeline.report_progress()
     finally:
         pipeline.stop()
