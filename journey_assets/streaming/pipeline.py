@@ -352,7 +352,7 @@ def is_kafka_metrics_npe(exc: BaseException | None) -> bool:
     return False
 
 
-_ERROR_LINE = re.compile(r"^\s*(?:Caused by: )?([A-Za-z_][\w.$]*(?:Error|Exception|Timeout)\w*): (.+)$")
+_ERROR_LINE = re.compile(r"^\s*(?:Caused by: )?([A-Za-z_][\w.$]*(?:Error|Exception|Timeout|Cancelled|Interrupted)\w*): (.+)$")
 
 
 def failure_summary(exc: BaseException) -> str:
