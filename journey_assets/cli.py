@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -94,16 +95,20 @@ def dev(port: int, seed_events: int) -> None:
     settings = Settings.from_env()
     home = Path(os.environ.get("DAGSTER_HOME", Path.cwd() / ".local" / "dagster_home")).resolve()
     home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").touch()
+    instance_yaml = home / "dagster.yaml"
+    if not instance_yaml.exists() or not instance_yaml.read_text().strip():
+        # Run monitoring: a streaming run whose process died is marked failed (not left
+        # STARTED forever), so the supervisor sensor starts a new one. A user's file is kept.
+        instance_yaml.write_text(DEV_INSTANCE_YAML)
     env = {**os.environ, "DAGSTER_HOME": str(home)}
-    ensure_topic(settings.kafka_bootstrap, settings.topic)
-    if seed_events and sum(end_offsets(settings.kafka_bootstrap, settings.topic).values()) == 0:
+    ensure_topic(settings.kafka, settings.topic)
+    if seed_events and sum(end_offsets(settings.kafka, settings.topic).values()) == 0:
         from journey_assets.sources.producer import produce, source_records
 
         click.echo(f"seeding {settings.topic} with {seed_events:,} synthetic events", err=True)
         summary = produce(source_records("synthetic", events=seed_events, seed=42,
                                          invalid_fraction=0.001),
-                          settings.kafka_bootstrap, settings.topic)
+                          settings.kafka, settings.topic)
         for line in summary.lines():
             click.echo(line)
         # Dimensions first, so that the streaming job enriches with them from its first batch.
@@ -116,7 +121,69 @@ def dev(port: int, seed_events: int) -> None:
     cmd = [sys.executable, "-m", "dagster", "dev", "-p", str(port)]
     cmd += ["-w", str(workspace)] if workspace.exists() else ["-m", "journey_assets.definitions"]
     click.echo(f"dagster dev on http://127.0.0.1:{port} (DAGSTER_HOME={home})")
-    sys.exit(subprocess.call(cmd, env=env))
+    sys.exit(_run_until_interrupted(cmd, env))
+
+
+#: The instance of `journey dev` (written when DAGSTER_HOME has no dagster.yaml yet).
+DEV_INSTANCE_YAML = """\
+# Written by `journey dev`; edit freely (it is not overwritten once it has content).
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 300     # Spark can take a while to start on a busy laptop
+  cancel_timeout_seconds: 180    # let query.stop() finish a micro-batch
+  max_resume_run_attempts: 0     # no resume: the supervisor sensor relaunches from checkpoints
+  poll_interval_seconds: 30
+telemetry:
+  enabled: false
+"""
+#: Seconds `dagster dev` gets to stop its webserver, daemon, code servers and runs after a
+#: Ctrl-C before it is sent SIGTERM, then (its whole process group) SIGKILL.
+DEV_STOP_GRACE_S = 20.0
+
+
+def _run_until_interrupted(cmd: list[str], env: dict[str, str]) -> int:
+    """Run `dagster dev` in a process group of its own and stop all of it on Ctrl-C.
+
+    ``subprocess.call`` would SIGKILL `dagster dev` on KeyboardInterrupt, orphaning its
+    webserver, daemon, code servers and run workers. Instead the interrupt is forwarded to the
+    group (a run worker stops its streaming queries on it), `dagster dev` gets
+    ``DEV_STOP_GRACE_S`` to shut down, then SIGTERM, then the group gets SIGKILL.
+    """
+    import signal
+    import time
+
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        click.echo("stopping dagster dev (its runs, webserver, daemon and code servers)...",
+                   err=True)
+        for sig, grace in ((signal.SIGINT, DEV_STOP_GRACE_S), (signal.SIGTERM, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and _group_alive(proc.pid):
+                time.sleep(0.5)
+            if not _group_alive(proc.pid):
+                break
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        click.echo("stopped; the local stack keeps running (`journey stack down` stops it)",
+                   err=True)
+        return 130
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while any process of process group ``pgid`` exists (zombies aside)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 # -- events: synthetic data and the producer ---------------------------------------------------
@@ -184,7 +251,7 @@ def simulate(source: str, path: str | None, events: int | None, seed: int, rate:
     mongo = MongoResource(uri=settings.mongo_uri, database=settings.mongo_db)
     # Malformed CSV lines cannot reach Kafka: written to dead_letter_events from here.
     dead_letters = DeadLetterWriter(lambda docs: mongo.upsert(DEAD_LETTER_EVENTS, docs))
-    summary = produce(records, settings.kafka_bootstrap, settings.topic, rate=rate, mode=mode,
+    summary = produce(records, settings.kafka, settings.topic, rate=rate, mode=mode,
                       partitions=partitions, client=client, dead_letters=dead_letters)
     for line in summary.lines():
         click.echo(line)
@@ -206,36 +273,49 @@ def simulate(source: str, path: str | None, events: int | None, seed: int, rate:
                    "pipeline's, see docs/streaming.md).")
 @click.option("--session-gap", type=float, default=30.0, show_default=True,
               help="Minutes of event time after its last event that close a session.")
+@click.option("--stall-timeout", type=float, default=900.0, show_default=True,
+              help="Watchdog: seconds a micro-batch may run before the stream fails (0: off).")
 @click.option("--shuffle-partitions", type=int, default=2, show_default=True,
               help="Spark shuffle partitions = state store partitions of the aggregation "
                    "(fixed by the checkpoint at the first start). On local[2], 1 gives the "
                    "lowest latency, 2 the highest throughput.")
 def stream(mode: str, max_offsets: int, trigger_seconds: float,
-           sessions_trigger_seconds: float | None, session_gap: float,
+           sessions_trigger_seconds: float | None, session_gap: float, stall_timeout: float,
            shuffle_partitions: int) -> None:
     """Kafka -> Spark Structured Streaming -> MongoDB + lake (checkpoints under JOURNEY_DATA_DIR)."""
     from journey_assets.resources.spark import build_spark_session
     from journey_assets.settings import Settings
     from journey_assets.streaming.lease import CheckpointLease, LeaseHeld
-    from journey_assets.streaming.pipeline import StreamOptions, run_stream, target_from
-    from journey_assets.streaming.preflight import PreflightError, check_sources
+    from journey_assets.streaming.pipeline import (
+        StreamFailure,
+        StreamOptions,
+        run_stream,
+        target_from,
+    )
+    from journey_assets.streaming.preflight import (
+        PreflightError,
+        check_checkpoints,
+        check_sources,
+    )
     from journey_assets.streaming.progress import format_progress
 
     settings = Settings.from_env()
     try:  # before Spark starts: a missing topic or a dead server is one line, not a trace
-        check_sources(settings.kafka_bootstrap, settings.topic, settings.mongo_uri)
-    except PreflightError as exc:
+        check_sources(settings.kafka, settings.topic, settings.mongo_uri)
+    except (PreflightError, ValueError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     options = StreamOptions(mode=mode, max_offsets_per_trigger=max_offsets,
                             trigger_seconds=trigger_seconds,
                             sessions_trigger_seconds=sessions_trigger_seconds,
-                            session_gap_minutes=session_gap)
+                            session_gap_minutes=session_gap,
+                            stall_timeout_seconds=stall_timeout)
     target = target_from(settings)
     lease = CheckpointLease(target.checkpoint_root, owner=f"journey stream --mode {mode}")
-    try:  # one writer per checkpoint, taken before Spark starts
+    try:  # one writer per checkpoint, taken before Spark starts; a corrupt one is one line
+        check_checkpoints(target.query_checkpoints())
         lease.acquire()
-    except LeaseHeld as exc:
+    except (LeaseHeld, PreflightError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     try:
@@ -244,6 +324,9 @@ def stream(mode: str, max_offsets: int, trigger_seconds: float,
         click.echo(f"streaming {settings.topic} -> {settings.mongo_db} ({mode})", err=True)
         summary = run_stream(spark, target, options,
                              on_progress=lambda _q, rec: click.echo(format_progress(rec)))
+    except StreamFailure as exc:  # its Java detail is in Spark's log above
+        click.echo(f"error: {str(exc).splitlines()[0]}", err=True)
+        sys.exit(1)
     finally:
         lease.release()
     click.echo(f"done: batches {summary.batches}, input rows {summary.input_rows}, "

@@ -435,6 +435,57 @@ def test_external_kafka_instead_of_strimzi() -> None:
     assert journey_env(docs)["JOURNEY_KAFKA_BOOTSTRAP"] == "kafka.infra:9092"
 
 
+SECURE_KAFKA = ("kafka.enabled=false", "kafka.externalBootstrap=kafka.infra:9096",
+                "kafka.security.protocol=SASL_SSL", "kafka.security.saslMechanism=SCRAM-SHA-512",
+                "kafka.security.saslUsername=journey",
+                "kafka.security.existingSecret=journey-kafka",
+                "kafka.security.caSecret=kafka-ca", "mongodb.caSecret=mongo-ca")
+
+
+def test_kafka_security_and_ca_certificates_come_from_secrets() -> None:
+    docs = render(SCALE_OUT, set_values=SECURE_KAFKA)
+    env = journey_env(docs)
+    container = code_server(docs)
+    password = env_value(container, "JOURNEY_KAFKA_SASL_PASSWORD")
+    assert password == {"name": "JOURNEY_KAFKA_SASL_PASSWORD", "valueFrom": {
+        "secretKeyRef": {"name": "journey-kafka", "key": "sasl-password"}}}
+    # What the pod's settings make of it (the password from its Secret at run time).
+    kafka = Settings.from_env({**env, "JOURNEY_KAFKA_SASL_PASSWORD": "from-the-secret"}).kafka
+    assert (kafka.bootstrap, kafka.security_protocol, kafka.sasl_mechanism,
+            kafka.sasl_username) == ("kafka.infra:9096", "SASL_SSL", "SCRAM-SHA-512", "journey")
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v.get("secret", {}).get("secretName")
+               for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["kafka-ca"] == "kafka-ca" and volumes["mongodb-ca"] == "mongo-ca"
+    assert kafka.ssl_ca_file == f"{mounts['kafka-ca']}/ca.crt"
+    assert mounts["mongodb-ca"] == "/etc/journey/mongodb-ca"
+    # Run and step pods get the same env and mounts (the container context); Spark executors
+    # mount the same CA Secrets at the same paths.
+    (context,) = [e["value"] for e in container["env"] if e["name"] == "DAGSTER_CONTAINER_CONTEXT"]
+    k8s = json.loads(context)["k8s"]
+    assert password in k8s["run_k8s_config"]["container_config"]["env"]
+    assert {"name": "kafka-ca", "mountPath": "/etc/journey/kafka-ca", "readOnly": True} in \
+        k8s["volume_mounts"]
+    conf = spark_defaults(docs)
+    assert conf["spark.kubernetes.executor.secrets.kafka-ca"] == mounts["kafka-ca"]
+    assert conf["spark.kubernetes.executor.secrets.mongo-ca"] == mounts["mongodb-ca"]
+    for doc in docs:
+        if doc["apiVersion"] in ("v1", "apps/v1"):
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+    assert not [d for d in docs if d["kind"] == "Secret"]
+
+
+def test_kafka_security_refuses_what_it_cannot_do() -> None:
+    # The chart's Strimzi cluster listens in plaintext inside the namespace.
+    with pytest.raises(RuntimeError, match="applies to an external Kafka"):
+        render(set_values=("kafka.security.protocol=SASL_SSL",))
+    with pytest.raises(RuntimeError, match=r"kafka\.security\.existingSecret is required"):
+        render(set_values=tuple(v for v in SECURE_KAFKA if "existingSecret" not in v))
+    # There is no field for a password: only a Secret's name.
+    proc = helm("lint", str(CHART), "--set", "kafka.security.password=hunter2")
+    assert proc.returncode != 0 and "'password' not allowed" in proc.stdout + proc.stderr
+
+
 def test_official_dagster_chart_values_point_at_this_chart(
         default_docs: list[dict[str, Any]]) -> None:
     """values-dagster.yaml cannot be rendered offline (the chart is not downloadable here);

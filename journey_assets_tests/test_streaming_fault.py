@@ -13,6 +13,7 @@ behind the 10-minute watermark: the expected windows then do not depend on where
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -23,14 +24,17 @@ from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
+from pymongo import MongoClient
 from pymongo.database import Database
 
 from journey_assets.lake import read_table_arrow
+from journey_assets.local.stack import LocalStack
 from journey_assets.resources.kafka import ensure_topic
 from journey_assets.settings import Settings
 from journey_assets.sources.producer import produce
 from journey_assets.sources.synthetic import SyntheticConfig, generate_records
 from journey_assets.streaming.pipeline import target_from
+from journey_assets.streaming.preflight import check_checkpoints
 from journey_assets_tests.test_streaming import (  # noqa: F401 (fixtures)
     assert_matches_truth,
     compute_truth,
@@ -184,3 +188,92 @@ def test_deleted_checkpoint_keeps_lake_history_and_doubles_nothing(
     assert _lake_ids(stream_settings, version_before) == sorted(truth.events)
     operations = {h["operation"] for h in DeltaTable(events_path).history()}
     assert operations <= {"CREATE TABLE", "MERGE", "WRITE"}, operations
+
+
+@pytest.mark.slow
+def test_corrupt_checkpoint_is_one_line_and_moving_it_aside_recovers(
+        stream_settings: Settings, stream_db: Database, tmp_path: Path) -> None:  # noqa: F811
+    _records, truth = _produce_case(stream_settings, seed=19)
+    _run_to_end(stream_settings, tmp_path / "first.log")
+    checkpoints = Path(stream_settings.data_dir) / "checkpoints"
+    queries = target_from(stream_settings).query_checkpoints()
+    assert len(queries) == 3 and all(Path(q, "metadata").exists() for q in queries)
+    check_checkpoints(queries)  # Spark's own checkpoints pass the check
+    events = checkpoints / "events"
+    newest = max((p for p in (events / "offsets").iterdir() if p.name.isdigit()),
+                 key=lambda p: int(p.name))
+    newest.write_text(newest.read_text()[:40])  # a copy cut short
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "journey_assets.cli", "stream", "--mode", "available-now"],
+        env=_env(stream_settings), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith(f"error: the streaming checkpoint {events} is corrupt "
+                               f"(offsets/{newest.name} ")
+    assert f"mv {events} {events}.corrupt" in lines[0]
+
+    # The documented way out.
+    events.rename(events.parent / "events.corrupt")
+    _run_to_end(stream_settings, tmp_path / "after.log")
+    _assert_final_state(stream_settings, stream_db, truth)
+
+
+@pytest.mark.slow
+def test_frozen_mongodb_trips_the_watchdog_and_a_restart_completes(
+        local_stack: LocalStack, tmp_path: Path, settings: Settings) -> None:
+    """MongoDB frozen (SIGSTOP) for longer than the timeouts, on a private stack: the stream
+    fails with one line instead of hanging, and once the server is thawed a restart ends with
+    the state of an uninterrupted run."""
+    stack = LocalStack(tmp_path / "stack", kafka_port=19492, kafka_controller_port=19493,
+                       mongo_port=27417, artifacts_home=local_stack.artifacts_home)
+    stack.up()
+    private = dataclasses.replace(
+        settings, kafka_bootstrap="127.0.0.1:19492", mongo_uri="mongodb://127.0.0.1:27417/",
+        mongo_db="journey_watchdog", topic="customer_events_watchdog",
+        data_dir=tmp_path / "data")
+    try:
+        records = list(generate_records(SyntheticConfig(
+            n_events=6_000, seed=23, days=1, duplicate_fraction=0.02, invalid_fraction=0.01)))
+        ensure_topic(private.kafka_bootstrap, private.topic, partitions=1)
+        half = len(records) // 2
+        produce(records[:half], private.kafka_bootstrap, private.topic, partitions=1,
+                progress=False)
+        truth = compute_truth(records, send_malformed(private.kafka_bootstrap, private.topic))
+        checkpoints = Path(private.data_dir) / "checkpoints"
+        log = tmp_path / "frozen.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "journey_assets.cli", "stream", "--mode", "continuous",
+             "--stall-timeout", "90", "--max-offsets", str(MAX_OFFSETS)],
+            env=_env(private), stdout=log.open("w"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+        mongo_pid = stack.mongo.pid()
+        try:
+            deadline = time.monotonic() + 600
+            while _committed(checkpoints / "events") < 1:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, "no micro-batch committed in 600 s"
+                time.sleep(0.5)
+            os.kill(mongo_pid, signal.SIGSTOP)
+            produce(records[half:], private.kafka_bootstrap, private.topic, partitions=1,
+                    progress=False)
+            code = proc.wait(timeout=400)
+        finally:
+            os.kill(mongo_pid, signal.SIGCONT)
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        text = log.read_text()
+        assert code == 1, (code, text[-3000:])
+        # The watchdog (90 s) or the client (its monitor finds the server gone in ~10 s and
+        # cancels the write) ends it, in one line that names the cause.
+        (error,) = [line for line in text.splitlines() if line.startswith("error: ")]
+        watchdog = "query has been in micro-batch" in error and "stall_timeout_seconds=90" in error
+        client = any(k in error for k in ("Timeout", "timed out", "Cancelled", "AutoReconnect"))
+        assert watchdog or client, error
+
+        _run_to_end(private, tmp_path / "thawed.log")
+        with MongoClient(private.mongo_uri, tz_aware=True) as client:
+            _assert_final_state(private, client[private.mongo_db], truth)
+    finally:
+        stack.down()

@@ -69,7 +69,7 @@ def dimension_tables(context: dg.AssetExecutionContext, spark: SparkResource,
                      kafka: KafkaResource, lake: LakeResource,
                      mongo: MongoResource) -> Iterator[dg.MaterializeResult]:
     session = spark.get_session()
-    events = read_topic_events(session, kafka.bootstrap_servers, kafka.topic).cache()
+    events = read_topic_events(session, kafka.connection, kafka.topic).cache()
     try:
         n_events = events.count()
         context.log.info(f"{n_events:,} valid events in topic {kafka.topic}")

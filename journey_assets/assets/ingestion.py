@@ -11,6 +11,7 @@ import dagster as dg
 from pyspark.sql import DataFrame, SparkSession
 
 from journey_assets.resources import KafkaResource, MongoResource
+from journey_assets.settings import KafkaConnection, kafka_connection
 from journey_assets.sources.producer import CONFLUENT, REPLAY, produce, source_records
 from journey_assets.sources.rees46 import DEAD_LETTER_EVENTS, DeadLetterWriter
 from journey_assets.transforms.events import parse_kafka_events, valid_events
@@ -52,7 +53,7 @@ def replay_events(context: dg.OpExecutionContext, config: ReplayConfig,
     def log_progress(summary, rate: float) -> None:
         context.log.info(f"sent {summary.sent:,} events ({rate:,.0f} events/s)")
 
-    summary = produce(records, kafka.bootstrap_servers, kafka.topic, rate=config.rate,
+    summary = produce(records, kafka.connection, kafka.topic, rate=config.rate,
                       mode=config.mode, partitions=kafka.partitions, progress=log_progress,
                       client=config.client,
                       # Malformed CSV lines cannot reach Kafka: they go to the dead letters here.
@@ -77,11 +78,11 @@ def kafka_replay() -> None:
     replay_events()
 
 
-def read_topic_events(spark: SparkSession, bootstrap: str, topic: str) -> DataFrame:
+def read_topic_events(spark: SparkSession, kafka: KafkaConnection | str, topic: str) -> DataFrame:
     """Valid typed events of the whole topic (Spark's Kafka batch source, earliest -> latest)."""
     kafka_rows = (
         spark.read.format("kafka")
-        .option("kafka.bootstrap.servers", bootstrap)
+        .options(**kafka_connection(kafka).spark_options())
         .option("subscribe", topic)
         .option("startingOffsets", "earliest")
         .option("endingOffsets", "latest")

@@ -21,7 +21,7 @@ from journey_assets.streaming.pipeline import (
     run_stream,
     target_from_resources,
 )
-from journey_assets.streaming.preflight import PreflightError, check_sources
+from journey_assets.streaming.preflight import PreflightError, check_checkpoints, check_sources
 from journey_assets.streaming.progress import DagsterProgressReporter
 from journey_assets.streaming.sinks import (
     CONVERSION_FUNNEL,
@@ -76,6 +76,8 @@ class StreamRunConfig(dg.Config):
     #: A session closes this many minutes of event time after its last event.
     session_gap_minutes: float = 30.0
     materialize_every_s: float = 30.0
+    #: Watchdog: fail the run when a micro-batch runs this long (0: off).
+    stall_timeout_seconds: float = 900.0
 
 
 @dg.multi_asset(specs=STREAMING_SPECS, name=STREAMING_OP, can_subset=False)
@@ -87,7 +89,8 @@ def streaming_pipeline(context: dg.AssetExecutionContext, config: StreamRunConfi
     kafka.ensure_topic()
     target = target_from_resources(kafka, mongo, lake)
     try:
-        check_sources(target.bootstrap, target.topic, target.mongo_uri)
+        check_sources(target.kafka, target.topic, target.mongo_uri)
+        check_checkpoints(target.query_checkpoints())
     except PreflightError as exc:
         raise dg.Failure(description=str(exc)) from None
     options = StreamOptions(mode=config.mode, trigger_seconds=config.trigger_seconds,
@@ -95,7 +98,8 @@ def streaming_pipeline(context: dg.AssetExecutionContext, config: StreamRunConfi
                             max_offsets_per_trigger=config.max_offsets_per_trigger,
                             watermark=config.watermark,
                             session_gap_minutes=config.session_gap_minutes,
-                            write_strategy=mongo.write_strategy)
+                            write_strategy=mongo.write_strategy,
+                            stall_timeout_seconds=config.stall_timeout_seconds)
     reporter = DagsterProgressReporter(context, config.materialize_every_s)
     context.log.info(f"streaming {kafka.topic} -> {mongo.database} ({config.mode})")
     try:  # one writer per checkpoint: the catch-up job next to the continuous run stops here

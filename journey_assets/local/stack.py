@@ -45,15 +45,30 @@ logger.apache.level = WARN
 """
 
 
-def _server_properties(data: Path, port: int, controller_port: int) -> str:
+def _sasl_properties(port: int, users: dict[str, str]) -> tuple[str, str, str]:
+    """(listener, protocol map entry, settings) of a SASL_PLAINTEXT listener with PLAIN users."""
+    accounts = " ".join(f'user_{user}="{password}"' for user, password in users.items())
+    settings = ("sasl.enabled.mechanisms=PLAIN\n"
+                "listener.name.sasl_plaintext.plain.sasl.jaas.config="
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required {accounts};\n")
+    return f",SASL_PLAINTEXT://{HOST}:{port}", ",SASL_PLAINTEXT:SASL_PLAINTEXT", settings
+
+
+def _server_properties(data: Path, port: int, controller_port: int,
+                       sasl_port: int | None = None,
+                       sasl_users: dict[str, str] | None = None) -> str:
+    listener = protocol = sasl = ""
+    if sasl_port is not None:
+        listener, protocol, sasl = _sasl_properties(sasl_port, sasl_users or {})
     return f"""process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@{HOST}:{controller_port}
-listeners=PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}
-advertised.listeners=PLAINTEXT://{HOST}:{port}
+listeners=PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}{listener}
+advertised.listeners=PLAINTEXT://{HOST}:{port}{listener}
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT{protocol}
 inter.broker.listener.name=PLAINTEXT
+{sasl}
 log.dirs={data}
 num.partitions=3
 offsets.topic.replication.factor=1
@@ -140,14 +155,19 @@ class LocalStack:
     def __init__(
         self, home: Path | None = None, *, kafka_port: int = KAFKA_PORT,
         kafka_controller_port: int = KAFKA_CONTROLLER_PORT, mongo_port: int = MONGO_PORT,
-        artifacts_home: Path | None = None,
+        artifacts_home: Path | None = None, kafka_sasl_port: int | None = None,
+        kafka_sasl_users: dict[str, str] | None = None,
     ) -> None:
+        """``kafka_sasl_port``: a second broker listener, SASL_PLAINTEXT with the PLAIN
+        ``kafka_sasl_users`` (user -> password), for testing authenticated clients."""
         self.home = (home or project_home()).resolve()
         # Downloads and builds may be shared with another stack (tests start a second one).
         self.artifacts_home = (artifacts_home or self.home).resolve()
         stack = self.home / "stack"
         self.kafka = Service("kafka", kafka_port, stack)
         self.kafka_controller_port = kafka_controller_port
+        self.kafka_sasl_port = kafka_sasl_port
+        self.kafka_sasl_users = dict(kafka_sasl_users or {})
         self.mongo = Service("ferretdb", mongo_port, stack)
 
     @property
@@ -173,13 +193,16 @@ class LocalStack:
             return f"kafka     already running (pid {svc.pid()}) on {HOST}:{svc.port}"
         self._check_port_free(svc, svc.port)
         self._check_port_free(svc, self.kafka_controller_port)
+        if self.kafka_sasl_port is not None:
+            self._check_port_free(svc, self.kafka_sasl_port)
         require_java17()
         libs = kafka_libs(self.artifacts_home)
         base = svc.home / "kafka"
         data = base / "data"
         base.mkdir(parents=True, exist_ok=True)
         props = base / "server.properties"
-        props.write_text(_server_properties(data, svc.port, self.kafka_controller_port))
+        props.write_text(_server_properties(data, svc.port, self.kafka_controller_port,
+                                            self.kafka_sasl_port, self.kafka_sasl_users))
         log4j = base / "log4j2.properties"
         log4j.write_text(_LOG4J2.format(log=base / "server.log"))
         classpath = f"{libs}/*"

@@ -11,7 +11,12 @@ from journey_assets.resources.kafka import KafkaResource
 from journey_assets.resources.lake import LakeResource
 from journey_assets.resources.mongo import MongoResource
 from journey_assets.resources.spark import SparkResource
-from journey_assets.settings import MONGO_URI_ENV, Settings, has_credentials
+from journey_assets.settings import (
+    KAFKA_SASL_PASSWORD_ENV,
+    MONGO_URI_ENV,
+    Settings,
+    has_credentials,
+)
 
 __all__ = ["KafkaResource", "LakeResource", "MongoResource", "SparkResource", "build_resources"]
 
@@ -29,9 +34,25 @@ def mongo_uri_config(settings: Settings) -> str:
     return dg.EnvVar(MONGO_URI_ENV)
 
 
+def kafka_resource(settings: Settings) -> KafkaResource:
+    """The Kafka resource; the SASL password only as a reference to its environment variable."""
+    kafka = settings.kafka  # validated here: a bad setting fails in one line
+    password: Any = None
+    if kafka.sasl_password:
+        if os.environ.get(KAFKA_SASL_PASSWORD_ENV) != kafka.sasl_password:
+            raise ValueError(f"the Kafka SASL password is only read from the environment "
+                             f"variable {KAFKA_SASL_PASSWORD_ENV} (so that Dagster never shows "
+                             f"it): set it there, or in the Kubernetes Secret the chart maps to it")
+        password = dg.EnvVar(KAFKA_SASL_PASSWORD_ENV)
+    return KafkaResource(
+        bootstrap_servers=kafka.bootstrap, topic=settings.topic,
+        security_protocol=kafka.security_protocol, sasl_mechanism=kafka.sasl_mechanism,
+        sasl_username=kafka.sasl_username, sasl_password=password, ssl_ca_file=kafka.ssl_ca_file)
+
+
 def build_resources(settings: Settings) -> dict[str, Any]:
     return {
-        "kafka": KafkaResource(bootstrap_servers=settings.kafka_bootstrap, topic=settings.topic),
+        "kafka": kafka_resource(settings),
         "mongo": MongoResource(uri=mongo_uri_config(settings), database=settings.mongo_db),
         "spark": SparkResource(master=settings.spark_master),
         "lake": LakeResource(data_dir=str(settings.data_dir)),

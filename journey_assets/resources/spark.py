@@ -40,6 +40,8 @@ def build_spark_session(
         .config("spark.sql.adaptive.coalescePartitions.enabled", "true")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.ui.showConsoleProgress", "false")
+        # query.stop() gives up after this instead of waiting forever for a stuck batch.
+        .config("spark.sql.streaming.stopTimeout", "120s")
         .config("spark.scheduler.mode", "FAIR")
         .config("spark.scheduler.allocation.file", str(FAIR_SCHEDULER_FILE))
         .config("spark.sql.streaming.stateStore.providerClass",

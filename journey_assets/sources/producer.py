@@ -28,6 +28,7 @@ from typing import Any
 
 from journey_assets.resources.kafka import end_offsets, ensure_topic
 from journey_assets.schema import CSV_COLUMNS, TIME_FORMAT_PY, check_texts, record_texts
+from journey_assets.settings import KafkaConnection, kafka_connection
 from journey_assets.sources.rees46 import DeadLetter, DeadLetterWriter
 
 REPLAY = "replay"
@@ -128,7 +129,7 @@ class _Sender:
 
 
 class _ConfluentSender(_Sender):
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, kafka: KafkaConnection, topic: str) -> None:
         from confluent_kafka import Producer
 
         self.topic = topic
@@ -136,7 +137,7 @@ class _ConfluentSender(_Sender):
         self.failed = 0
         self.errors: list[str] = []
         self.producer = Producer({
-            "bootstrap.servers": bootstrap,
+            **kafka.librdkafka_options(),
             "client.id": "journey-producer",
             "enable.idempotence": True,   # implies acks=all, bounded in-flight, safe retries
             "acks": "all",
@@ -184,7 +185,7 @@ class _ConfluentSender(_Sender):
 
 
 class _KafkaPythonSender(_Sender):
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, kafka: KafkaConnection, topic: str) -> None:
         from kafka import KafkaProducer
 
         self.topic = topic
@@ -192,7 +193,7 @@ class _KafkaPythonSender(_Sender):
         self.failed = 0
         self.errors: list[str] = []
         self.producer = KafkaProducer(
-            bootstrap_servers=bootstrap,
+            **kafka.python_options(),
             client_id="journey-producer",
             acks="all",
             enable_idempotence=True,
@@ -220,11 +221,11 @@ class _KafkaPythonSender(_Sender):
         self.producer.close()
 
 
-def _sender(client: str, bootstrap: str, topic: str) -> _Sender:
+def _sender(client: str, kafka: KafkaConnection, topic: str) -> _Sender:
     if client == CONFLUENT:
-        return _ConfluentSender(bootstrap, topic)
+        return _ConfluentSender(kafka, topic)
     if client == KAFKA_PYTHON:
-        return _KafkaPythonSender(bootstrap, topic)
+        return _KafkaPythonSender(kafka, topic)
     raise ValueError(f"unknown Kafka client {client!r}: {CONFLUENT} or {KAFKA_PYTHON}")
 
 
@@ -236,7 +237,7 @@ def _stderr_progress(summary: ProduceSummary, rate: float) -> None:
 
 def produce(
     records: Iterable[Mapping[str, Any] | DeadLetter],
-    bootstrap: str,
+    kafka: KafkaConnection | str,
     topic: str,
     *,
     rate: float | None = None,
@@ -259,9 +260,10 @@ def produce(
     if rate is not None and rate <= 0:
         raise ValueError("rate must be positive (or None for as fast as possible)")
     report = _stderr_progress if progress is True else (progress or None)
-    ensure_topic(bootstrap, topic, partitions)
+    kafka = kafka_connection(kafka)
+    ensure_topic(kafka, topic, partitions)
     summary = ProduceSummary(client=client, topic=topic, mode=mode)
-    sender = _sender(client, bootstrap, topic)
+    sender = _sender(client, kafka, topic)
 
     started = time.perf_counter()
     last_report, sent_at_report = started, 0
@@ -309,7 +311,7 @@ def produce(
     summary.seconds = time.perf_counter() - started
     summary.sent = sender.delivered
     summary.failed = sender.failed
-    summary.end_offsets = end_offsets(bootstrap, topic)
+    summary.end_offsets = end_offsets(kafka, topic)
     return summary
 
 

@@ -14,6 +14,7 @@ Both modes run the same code: ``available-now`` (everything in the topic, then s
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -24,7 +25,7 @@ from pyspark.sql.streaming import StreamingQuery
 
 from journey_assets.schema import EVENT_ID, EVENT_TIME
 from journey_assets.serving import MongoTarget
-from journey_assets.settings import DEFAULT_MAX_OFFSETS_PER_TRIGGER
+from journey_assets.settings import DEFAULT_MAX_OFFSETS_PER_TRIGGER, KafkaConnection
 from journey_assets.streaming.sinks import (
     AggregationsSink,
     EventsSink,
@@ -52,6 +53,7 @@ MODES = (AVAILABLE_NOW, CONTINUOUS)
 EVENTS_QUERY = "events"
 AGGREGATIONS_QUERY = "aggregations"
 SESSIONS_QUERY = "sessions"
+QUERY_NAMES = (EVENTS_QUERY, AGGREGATIONS_QUERY, SESSIONS_QUERY)
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,10 @@ class StreamOptions:
     session_state_buckets: int = 64
     write_strategy: str = "auto"
     poll_seconds: float = 1.0
+    #: Watchdog: a query whose micro-batch has run this long fails the run (0: off), so a hung
+    #: server or a stuck task ends in a restart by the supervisor instead of a silent stall.
+    #: A batch is bounded by ``max_offsets_per_trigger``: minutes at most on a laptop.
+    stall_timeout_seconds: float = 900.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -107,7 +113,7 @@ class StreamOptions:
 class StreamTarget:
     """Where the pipeline reads and writes (from Settings / the Dagster resources)."""
 
-    bootstrap: str
+    kafka: KafkaConnection
     topic: str
     mongo_uri: str
     mongo_db: str
@@ -119,6 +125,9 @@ class StreamTarget:
 
     def checkpoint(self, query: str) -> str:
         return f"{self.checkpoint_root}/{query}"
+
+    def query_checkpoints(self) -> list[str]:
+        return [self.checkpoint(query) for query in QUERY_NAMES]
 
 
 @dataclass
@@ -135,7 +144,7 @@ ProgressCallback = Callable[[str, dict[str, Any]], None]
 def kafka_source(spark: SparkSession, target: StreamTarget, options: StreamOptions) -> DataFrame:
     reader = (
         spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", target.bootstrap)
+        .options(**target.kafka.spark_options())
         .option("subscribe", target.topic)
         .option("startingOffsets", options.starting_offsets)
         # Retention may delete unread offsets on a long outage: log it, keep going.
@@ -190,6 +199,7 @@ class StreamingPipeline:
         self.sink_output: dict[tuple[str, int], dict[str, Any]] = {}
         self.queries: dict[str, StreamingQuery] = {}
         self._reported: dict[str, int] = {}
+        self._busy_since: dict[str, tuple[int, float]] = {}
         self._input_rows: dict[str, int] = {}
         self._batches: dict[str, int] = {}
 
@@ -272,6 +282,27 @@ class StreamingPipeline:
             "written": self.sink_output.get((name, batch_id), {}),
         }
 
+    def stalled(self, now: float | None = None) -> str | None:
+        """A query whose current micro-batch has run for ``stall_timeout_seconds``, if any
+        (as a sentence), else None. A batch is told apart by the last reported batch id."""
+        limit = self.options.stall_timeout_seconds
+        now = time.monotonic() if now is None else now
+        for name, query in self.queries.items():
+            if not query.isActive or not query.status.get("isTriggerActive"):
+                self._busy_since.pop(name, None)
+                continue
+            last = query.lastProgress
+            done = int(last["batchId"]) if last else self._reported.get(name, -1)
+            batch, since = self._busy_since.get(name, (done, now))
+            if batch != done:  # a batch completed since: a new one is running
+                batch, since = done, now
+            self._busy_since[name] = (batch, since)
+            if limit and now - since >= limit:
+                return (f"the {name} query has been in micro-batch {done + 1} for "
+                        f"{now - since:.0f} s (stall_timeout_seconds={limit:.0f}): a hung "
+                        f"server or a stuck task; the run fails so that it is restarted")
+        return None
+
     def failure(self) -> BaseException | None:
         for query in self.queries.values():
             exc = query.exception()
@@ -283,9 +314,13 @@ class StreamingPipeline:
         return any(q.isActive for q in self.queries.values())
 
     def stop_queries(self) -> None:
-        for query in self.queries.values():
+        for name, query in self.queries.items():
             if query.isActive:
-                query.stop()
+                try:
+                    query.stop()
+                except Exception as exc:  # stopTimeout: a stuck batch
+                    logger.warning("the %s query did not stop cleanly: %s", name,
+                                   str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
     def stop(self) -> None:
         self.stop_queries()
@@ -308,8 +343,27 @@ class StreamFailure(RuntimeError):
 _KAFKA_METRICS_NPE = 'because the return value of "scala.Option.get()" is null'
 
 
-def is_kafka_metrics_npe(exc: BaseException) -> bool:
-    return _KAFKA_METRICS_NPE in str(exc)
+def is_kafka_metrics_npe(exc: BaseException | None) -> bool:
+    """The known NPE, in the exception or its causes (a StreamFailure keeps one line)."""
+    while exc is not None:
+        if _KAFKA_METRICS_NPE in str(exc):
+            return True
+        exc = exc.__cause__
+    return False
+
+
+_ERROR_LINE = re.compile(r"^\s*(?:Caused by: )?([A-Za-z_][\w.$]*(?:Error|Exception|Timeout|Cancelled|Interrupted)\w*): (.+)$")
+
+
+def failure_summary(exc: BaseException) -> str:
+    """The line of a query failure that says what went wrong: the innermost ``SomeError:
+    message`` of its (Java or Python) trace, else its first line."""
+    text = str(exc)
+    found = [m for line in text.splitlines() if (m := _ERROR_LINE.match(line))]
+    if not found:
+        return text.splitlines()[0] if text else type(exc).__name__
+    name, message = found[-1].groups()
+    return f"{name.rsplit('.', 1)[-1]}: {message}"
 
 
 def _run_once(pipeline: StreamingPipeline, options: StreamOptions,
@@ -320,14 +374,17 @@ def _run_once(pipeline: StreamingPipeline, options: StreamOptions,
             pipeline.report_progress()
             exc = pipeline.failure()
             if exc is not None:
-                raise StreamFailure(f"streaming query failed: {exc}") from exc
+                raise StreamFailure(f"streaming query failed: {failure_summary(exc)}") from exc
+            stall = pipeline.stalled()
+            if stall is not None:
+                raise StreamFailure(stall)
             if should_stop is not None and should_stop():
                 break
             time.sleep(options.poll_seconds)
         pipeline.stop_queries()
         exc = pipeline.failure()
         if exc is not None:
-            raise StreamFailure(f"streaming query failed: {exc}") from exc
+            raise StreamFailure(f"streaming query failed: {failure_summary(exc)}") from exc
         pipeline.report_progress()
     finally:
         pipeline.stop()
@@ -376,7 +433,7 @@ def run_stream(spark: SparkSession, target: StreamTarget, options: StreamOptions
 def target_from_resources(kafka, mongo, lake) -> StreamTarget:
     """The pipeline target from the Kafka, Mongo and lake resources (paths: the lake layout)."""
     return StreamTarget(
-        bootstrap=kafka.bootstrap_servers, topic=kafka.topic,
+        kafka=kafka.connection, topic=kafka.topic,
         mongo_uri=mongo.uri, mongo_db=mongo.database,
         events_path=lake.events_path,
         dead_letters_path=lake.dead_letters_path,

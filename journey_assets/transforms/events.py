@@ -66,8 +66,11 @@ def parse_kafka_events(kafka_rows: DataFrame) -> DataFrame:
         F.struct(F.col("topic"), F.col("partition"), F.col("offset")).alias("_source"),
         F.col("timestamp").alias("_ts"),
     )
+    # Invalid UTF-8 anywhere in the payload is malformed, as a CSV line's is: the JSON reader
+    # would otherwise keep the record with U+FFFD in place of the bad bytes.
     malformed = (
         F.col("_value").isNull() | (F.trim(F.col("_value")) == "")
+        | ~F.is_valid_utf8(F.col("_value"))
         | F.col("_parsed").isNull() | F.col(f"_parsed.{_CORRUPT}").isNotNull()
     )
     return _parse_struct(F.col("_value"), F.col("_parsed"), malformed,

@@ -90,10 +90,28 @@ Shared by the code-server Deployment and the container context of launched run/s
     secretKeyRef:
       name: {{ required "mongodb.existingSecret is required" .Values.mongodb.existingSecret }}
       key: {{ .Values.mongodb.uriKey }}
+{{- if hasPrefix "SASL_" .Values.kafka.security.protocol }}
+- name: JOURNEY_KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "kafka.security.existingSecret is required for SASL" .Values.kafka.security.existingSecret }}
+      key: {{ .Values.kafka.security.passwordKey }}
+{{- end }}
 - name: SPARK_LOCAL_IP
   valueFrom:
     fieldRef:
       fieldPath: status.podIP
+{{- end }}
+
+{{/* Secrets with CA certificates, mounted read-only under /etc/journey/<name>: the same
+paths in journey containers (volumes below) and Spark executors (spark-defaults.conf). */}}
+{{- define "journey.caSecrets" -}}
+{{- if .Values.kafka.security.caSecret }}
+kafka-ca: {{ .Values.kafka.security.caSecret }}
+{{- end }}
+{{- if .Values.mongodb.caSecret }}
+mongodb-ca: {{ .Values.mongodb.caSecret }}
+{{- end }}
 {{- end }}
 
 {{- define "journey.volumes" -}}
@@ -103,6 +121,11 @@ Shared by the code-server Deployment and the container context of launched run/s
 - name: spark-conf
   configMap:
     name: {{ include "journey.sparkConfigMap" . }}
+{{- range $name, $secret := (include "journey.caSecrets" . | fromYaml) }}
+- name: {{ $name }}
+  secret:
+    secretName: {{ $secret }}
+{{- end }}
 {{- end }}
 
 {{- define "journey.volumeMounts" -}}
@@ -111,6 +134,11 @@ Shared by the code-server Deployment and the container context of launched run/s
 - name: spark-conf
   mountPath: {{ include "journey.sparkConfDir" . }}
   readOnly: true
+{{- range $name, $secret := (include "journey.caSecrets" . | fromYaml) }}
+- name: {{ $name }}
+  mountPath: /etc/journey/{{ $name }}
+  readOnly: true
+{{- end }}
 {{- end }}
 
 {{/*
