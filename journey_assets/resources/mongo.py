@@ -62,8 +62,6 @@ class MongoResource(dg.ConfigurableResource):
         partition: a DataFrame is written from the executors (``write_frame``), the delete is
         one filter. Returns the documents written.
         """
-        with self.db() as db:
-            ensure_partition_index(db, collection, list(partition_filter))
         if isinstance(documents, DataFrame):
             written = write_frame(documents.withColumn(RUN_MARKER, F.lit(marker)), self.target,
                                   collection).written
@@ -73,5 +71,6 @@ class MongoResource(dg.ConfigurableResource):
                     db, collection, ({**d, RUN_MARKER: marker} for d in documents),
                     strategy=self.write_strategy)
         with self.db() as db:
+            ensure_partition_index(db, collection, list(partition_filter))
             delete_stale(db, collection, partition_filter, marker)
         return written

@@ -282,11 +282,11 @@ class StreamingPipeline:
             "written": self.sink_output.get((name, batch_id), {}),
         }
 
-    def stalled(self, now: float | None = None) -> str | None:
+    def stalled(self) -> str | None:
         """A query whose current micro-batch has run for ``stall_timeout_seconds``, if any
         (as a sentence), else None. A batch is told apart by the last reported batch id."""
         limit = self.options.stall_timeout_seconds
-        now = time.monotonic() if now is None else now
+        now = time.monotonic()
         for name, query in self.queries.items():
             if not query.isActive or not query.status.get("isTriggerActive"):
                 self._busy_since.pop(name, None)
@@ -320,7 +320,7 @@ class StreamingPipeline:
                     query.stop()
                 except Exception as exc:  # stopTimeout: a stuck batch
                     logger.warning("the %s query did not stop cleanly: %s", name,
-                                   str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                                   failure_summary(exc))
 
     def stop(self) -> None:
         self.stop_queries()
