@@ -25,8 +25,10 @@ Outside Spark, read a table with ``deltalake`` (delta-rs): ``DeltaTable(path).to
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -37,6 +39,11 @@ DELTA = "delta"
 #: Session confs that make Delta's DML (MERGE) idempotent (Delta >= 2.3).
 TXN_APP_ID_CONF = "spark.databricks.delta.write.txnAppId"
 TXN_VERSION_CONF = "spark.databricks.delta.write.txnVersion"
+#: Session conf whose value Delta stores in the commit's ``userMetadata``: an idempotent
+#: commit is tagged ``<app id>:<version>``, so its metrics can be found again after a replay.
+COMMIT_TAG_CONF = "spark.databricks.delta.commitInfo.userMetadata"
+#: How many of the latest commits are searched for a replayed commit's tag.
+_TAG_SEARCH_DEPTH = 100
 #: Change data feed on the events table: the session refresh reads the rows each commit added.
 EVENTS_TABLE_PROPERTIES = {"delta.enableChangeDataFeed": "true"}
 #: VACUUM keeps files a reader of the last 7 days of versions may still need (Delta's default);
@@ -73,20 +80,57 @@ def ensure_table(spark: SparkSession, path: str, like: DataFrame, partition_by: 
 
 @contextmanager
 def idempotent_commit(spark: SparkSession, app_id: str | None, version: int | None,
-                      ) -> Iterator[None]:
+                      tag: str | None = None) -> Iterator[None]:
     """Within the block, a Delta commit carries ``(app_id, version)``; one that a table has
-    already recorded for ``app_id`` (same or higher version) is skipped."""
-    if app_id is None or version is None:
+    already recorded for ``app_id`` (same or higher version) is skipped. The commit's
+    ``userMetadata`` is ``tag`` (default: ``commit_tag(app_id, version)``), to find it again."""
+    confs = {}
+    if app_id is not None and version is not None:
+        confs = {TXN_APP_ID_CONF: app_id, TXN_VERSION_CONF: str(version)}
+        tag = tag or commit_tag(app_id, version)
+    if tag is not None:
+        confs[COMMIT_TAG_CONF] = tag
+    if not confs:
         yield
         return
     with _TXN_LOCK:
-        spark.conf.set(TXN_APP_ID_CONF, app_id)
-        spark.conf.set(TXN_VERSION_CONF, str(version))
+        for key, value in confs.items():
+            spark.conf.set(key, value)
         try:
             yield
         finally:
-            spark.conf.unset(TXN_APP_ID_CONF)
-            spark.conf.unset(TXN_VERSION_CONF)
+            for key in confs:
+                spark.conf.unset(key)
+
+
+def commit_tag(app_id: str, version: int) -> str:
+    return f"{app_id}:{version}"
+
+
+@dataclass(frozen=True)
+class InsertCounts:
+    """What an insert-only MERGE did: rows offered (unique by key) and rows inserted."""
+
+    source_rows: int = 0
+    inserted: int = 0
+
+
+def _tagged_commit_counts(spark: SparkSession, path: str, tag: str) -> InsertCounts | None:
+    """The counts of the MERGE commit tagged ``tag`` among the table's latest commits."""
+    from delta.tables import DeltaTable
+
+    table = DeltaTable.forPath(spark, path)
+    # Usually the latest commit; a replay's may be older (maintenance commits in between).
+    for depth in (1, _TAG_SEARCH_DEPTH):
+        found = (table.history(depth).where(F.col("userMetadata") == tag)
+                 .select("operationMetrics").first())
+        if found is not None:
+            break
+    else:
+        return None
+    metrics = found["operationMetrics"] or {}
+    return InsertCounts(int(metrics.get("numSourceRows", 0)),
+                        int(metrics.get("numTargetRowsInserted", 0)))
 
 
 def _partition_literals(values: Sequence[Any]) -> str:
@@ -101,8 +145,10 @@ def _partition_literals(values: Sequence[Any]) -> str:
 def insert_new_rows(spark: SparkSession, path: str, rows: DataFrame, key: str,
                     partition_by: str, app_id: str | None = None, version: int | None = None,
                     properties: dict[str, str] | None = None,
-                    partitions: Iterable[Any] | None = None) -> None:
-    """Insert the rows of ``rows`` whose ``key`` the table does not hold yet.
+                    partitions: Iterable[Any] | None = None) -> InsertCounts:
+    """Insert the rows of ``rows`` whose ``key`` the table does not hold yet; returns the
+    MERGE's counts (a replayed idempotent commit, which Delta skips, returns the counts of
+    the commit that applied it, found by its tag).
 
     ``rows`` must be unique by ``key`` (MERGE inserts every unmatched source row). The match
     only looks at the partitions ``rows`` falls in (their values are collected: a handful of
@@ -116,14 +162,23 @@ def insert_new_rows(spark: SparkSession, path: str, rows: DataFrame, key: str,
         partitions = [r[0] for r in rows.select(partition_by).distinct().collect()]
     partitions = [p for p in partitions if p is not None]
     if not partitions:
-        return
+        return InsertCounts()
     condition = (f"t.{key} = s.{key} AND t.{partition_by} = s.{partition_by} "
                  f"AND t.{partition_by} IN ({_partition_literals(sorted(partitions))})")
-    with idempotent_commit(spark, app_id, version):
+    # Tagged, so that one path reads the counts of a first run and of a replay (Delta skips a
+    # replayed commit; the counts are those of the commit that applied it).
+    tag = (commit_tag(app_id, version) if app_id is not None and version is not None
+           else f"untracked:{uuid.uuid4()}")
+    with idempotent_commit(spark, app_id, version, tag):
         (DeltaTable.forPath(spark, path).alias("t")
          .merge(rows.alias("s"), condition)
          .whenNotMatchedInsertAll()
          .execute())
+    counts = _tagged_commit_counts(spark, path, tag)
+    if counts is None:
+        raise RuntimeError(f"no commit tagged {tag!r} among the latest {_TAG_SEARCH_DEPTH} of "
+                           f"{path}")
+    return counts
 
 
 def overwrite_table(frame: DataFrame, path: str) -> None:

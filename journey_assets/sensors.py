@@ -1,6 +1,8 @@
 """``streaming_supervisor``: keep exactly one run of ``streaming_job`` alive.
 
 * a run queued, starting, started or canceling -> do nothing (never a duplicate);
+* a failed run that Dagster's run retries will relaunch (tagged ``dagster/will_retry`` and not
+  yet ``dagster/auto_retry_run_id``) -> do nothing: the retry is the next run;
 * none -> launch one, with a run_key derived from the latest run of the job, so two ticks that
   race before the new run is visible still yield a single run;
 * after consecutive failures, wait ``base * 2**(failures-1)`` seconds (capped) after the last
@@ -28,6 +30,9 @@ FINISHED_STATUSES = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE,
 BACKOFF_BASE_S = 30.0
 BACKOFF_MAX_S = 30 * 60.0
 HISTORY = 20
+#: Tags the run-retry daemon sets on a failed run: it will be retried / the retry's run id.
+WILL_RETRY_TAG = "dagster/will_retry"
+AUTO_RETRY_RUN_ID_TAG = "dagster/auto_retry_run_id"
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,8 @@ class FinishedRun:
     run_id: str
     failed: bool
     ended_at: float
+    #: Dagster's run retries will relaunch it and have not yet.
+    retry_pending: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,11 @@ def decide(active_run_ids: list[str], finished: list[FinishedRun], now: float,
     """Pure decision of one tick; ``finished`` is newest first."""
     if active_run_ids:
         return Decision(False, f"{STREAMING_JOB} run {active_run_ids[0]} is active", None,
+                        {"failures": 0, "next_attempt_at": None})
+    pending = [run.run_id for run in finished if run.retry_pending]
+    if pending:
+        return Decision(False, f"{STREAMING_JOB} run {pending[0]} failed and Dagster's run "
+                               f"retry will relaunch it", None,
                         {"failures": 0, "next_attempt_at": None})
     failures = 0
     for run in finished:
@@ -76,8 +88,11 @@ def _finished_runs(instance: dg.DagsterInstance) -> list[FinishedRun]:
     out = []
     for rec in records:
         ended = rec.end_time or rec.update_timestamp.timestamp()
-        out.append(FinishedRun(rec.dagster_run.run_id,
-                               rec.dagster_run.status == dg.DagsterRunStatus.FAILURE, ended))
+        run = rec.dagster_run
+        failed = run.status == dg.DagsterRunStatus.FAILURE
+        retry_pending = (failed and run.tags.get(WILL_RETRY_TAG) == "true"
+                         and AUTO_RETRY_RUN_ID_TAG not in run.tags)
+        out.append(FinishedRun(run.run_id, failed, ended, retry_pending))
     out.sort(key=lambda r: r.ended_at, reverse=True)
     return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,41 @@ def fresh_topic(settings: Settings) -> str:
     name = f"{settings.topic}_{uuid.uuid4().hex[:6]}"
     ensure_topic(settings.kafka_bootstrap, name, partitions=3)
     return name
+
+
+# -- the fault matrix's tally ----------------------------------------------------------------
+@dataclass
+class FaultTally:
+    """Faults injected by the fault-matrix tests, and what the final states showed."""
+
+    injected: list[str] = field(default_factory=list)
+    survived: list[str] = field(default_factory=list)
+    lost: int = 0
+    duplicated: int = 0
+
+    def inject(self, name: str) -> None:
+        self.injected.append(name)
+
+    def outcome(self, name: str, lost: int, duplicated: int) -> None:
+        """Record a fault's final state; it survived when nothing was lost or doubled."""
+        self.lost += lost
+        self.duplicated += duplicated
+        if not lost and not duplicated:
+            self.survived.append(name)
+
+    def line(self) -> str:
+        return (f"faults injected {len(self.injected)}, survived {len(self.survived)}, "
+                f"events lost {self.lost}, duplicated {self.duplicated}")
+
+
+FAULTS = FaultTally()
+
+
+@pytest.fixture(scope="session")
+def fault_tally() -> FaultTally:
+    return FAULTS
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if FAULTS.injected:
+        terminalreporter.write_line(FAULTS.line())

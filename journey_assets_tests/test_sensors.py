@@ -10,8 +10,10 @@ from dagster._core.test_utils import create_run_for_test
 
 from journey_assets.assets.streaming import STREAMING_JOB
 from journey_assets.sensors import (
+    AUTO_RETRY_RUN_ID_TAG,
     BACKOFF_BASE_S,
     BACKOFF_MAX_S,
+    WILL_RETRY_TAG,
     FinishedRun,
     backoff_seconds,
     decide,
@@ -60,6 +62,21 @@ def test_does_not_launch_while_a_run_is_active(instance, status) -> None:
     result = tick(instance)
     assert result.run_requests == []
     assert run.run_id in result.skip_message
+
+
+def test_does_not_launch_while_a_run_retry_is_queued(instance) -> None:
+    """A failed run that Dagster's run retries will relaunch: the retry is the next run, the
+    sensor waits; once the retry exists (and ended), the sensor decides again."""
+    fail_streaming_runs(instance, 1)
+    [failed] = instance.get_runs(dg.RunsFilter(job_name=STREAMING_JOB))
+    instance.add_run_tags(failed.run_id, {WILL_RETRY_TAG: "true"})
+    result = tick(instance)
+    assert result.run_requests == []
+    assert f"run {failed.run_id} failed and Dagster's run retry will relaunch it" in (
+        result.skip_message)
+    # The retry was launched (and has ended): the sensor goes back to its usual rules.
+    instance.add_run_tags(failed.run_id, {AUTO_RETRY_RUN_ID_TAG: "retry-run"})
+    assert "backing off after 1 consecutive failure(s)" in tick(instance).skip_message
 
 
 def test_runs_of_other_jobs_do_not_count(instance) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +27,7 @@ from journey_assets.schema import category_l1, event_id, validate_record
 from journey_assets.settings import Settings
 from journey_assets.sources.producer import produce
 from journey_assets.sources.synthetic import SyntheticConfig, generate_records
+from journey_assets.streaming.ledger import DATA_QUALITY_LEDGER, ledger_problems
 from journey_assets.streaming.pipeline import StreamOptions, run_stream, target_from
 from journey_assets_tests.session_truth import (
     assert_funnel_equal,
@@ -85,8 +86,21 @@ def _utc(ts: datetime) -> datetime:
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
+def assert_ledger_holds(db: Database, unique_events: int | None = None) -> list[dict]:
+    """Every micro-batch's ledger document satisfies both identities, no offset was skipped,
+    and (``unique_events``) the lake inserts of all batches add up to the unique events."""
+    docs = list(db[DATA_QUALITY_LEDGER].find())
+    assert docs, "no ledger document"
+    assert [p for doc in docs for p in ledger_problems(doc)] == []
+    assert all(d["skipped_offsets"] == 0 and d["gap_offsets"] == 0 for d in docs)
+    if unique_events is not None:
+        assert sum(d["inserted"] for d in docs) == unique_events
+    return docs
+
+
 def assert_matches_truth(db: Database, truth: Truth) -> None:
     assert db.dead_letter_events.count_documents({}) == truth.dead_letters
+    assert_ledger_holds(db, len(truth.events))
 
     stored_ids = {d["_id"] for d in db.enriched_events.find({}, {"_id": 1})}
     assert stored_ids == set(truth.events)
@@ -165,6 +179,15 @@ def test_available_now_run_equals_independent_computation(spark, stream_settings
     assert result.input_rows["sessions"] == len(records) + malformed
     assert {rec["query"] for rec in progress} == {"events", "aggregations", "sessions"}
     assert_matches_truth(stream_db, truth)
+    # The ledger against plain Python over the same records: every record counted once, the
+    # dead letters by the schema's Python twin's reasons.
+    ledger = assert_ledger_holds(stream_db, len(truth.events))
+    assert sum(d["records_in"] for d in ledger) == len(records) + malformed
+    reasons = Counter(reason for _ev, reason in map(validate_record, records) if reason)
+    reasons["malformed_json"] += malformed
+    assert sum((Counter(d["dead_lettered"]) for d in ledger), Counter()) == reasons
+    assert sum(d["duplicates_in_batch"] + d["duplicates_in_lake"] for d in ledger) == (
+        len(records) - sum(reasons.values()) + malformed - len(truth.events))
 
     # A second run over the same checkpoints reads nothing new and changes nothing.
     again = run_stream(spark, target_from(stream_settings), StreamOptions(mode="available-now"))
@@ -183,7 +206,13 @@ def test_catchup_materializes_the_streaming_assets_through_dagster(
         spark, stream_settings: Settings, stream_db: Database) -> None:
     import dagster as dg
 
-    from journey_assets.assets.streaming import STREAMING_OP, STREAMING_SPECS, streaming_pipeline
+    from journey_assets.assets.streaming import (
+        STREAMING_OP,
+        STREAMING_SPECS,
+        ledger_identity_holds,
+        no_offsets_skipped,
+        streaming_pipeline,
+    )
     from journey_assets.resources import build_resources
 
     records = list(generate_records(SyntheticConfig(n_events=1_500, seed=5, days=1,
@@ -193,7 +222,8 @@ def test_catchup_materializes_the_streaming_assets_through_dagster(
 
     with dg.DagsterInstance.ephemeral() as instance:
         result = dg.materialize(
-            [streaming_pipeline], instance=instance, resources=build_resources(stream_settings),
+            [streaming_pipeline, ledger_identity_holds, no_offsets_skipped], instance=instance,
+            resources=build_resources(stream_settings),
             run_config={"ops": {STREAMING_OP: {"config": {
                 "mode": "available-now", "materialize_every_s": 0.0}}}})
         assert result.success
@@ -207,5 +237,10 @@ def test_catchup_materializes_the_streaming_assets_through_dagster(
         assert mid_run
         assert sum(m.metadata["rows_in_since_last"].value for m in mid_run
                    if m.asset_key == dg.AssetKey("enriched_events")) == len(records)
+        # The ledger: its asset shows the last batch's figures, and both checks pass.
+        ledger = [m for m in mid_run if m.asset_key == dg.AssetKey(DATA_QUALITY_LEDGER)]
+        assert ledger and ledger[-1].metadata["ledger_skipped_offsets"].value == 0
+        checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+        assert checks == {"ledger_identity_holds": True, "no_offsets_skipped": True}
     assert stream_db.enriched_events.count_documents({}) == len(truth.events)
     assert stream_db.dead_letter_events.count_documents({}) == truth.dead_letters

@@ -35,6 +35,7 @@ from journey_assets.sources.producer import produce
 from journey_assets.sources.synthetic import SyntheticConfig, generate_records
 from journey_assets.streaming.pipeline import target_from
 from journey_assets.streaming.preflight import check_checkpoints
+from journey_assets_tests.conftest import FaultTally
 from journey_assets_tests.test_streaming import (  # noqa: F401 (fixtures)
     assert_matches_truth,
     compute_truth,
@@ -97,7 +98,18 @@ def _produce_case(settings: Settings, seed: int):
                                                           settings.topic))
 
 
-def _assert_final_state(settings: Settings, db: Database, truth) -> None:
+def _assert_final_state(settings: Settings, db: Database, truth,
+                        tally: FaultTally | None = None, fault: str = "") -> None:
+    """The final lake and MongoDB state equal the independent computation; with ``tally``,
+    the fault's lost and doubled events are counted first (the fault matrix's summary)."""
+    if tally is not None:
+        lake = _lake_ids(settings)
+        stored = {d["_id"] for d in db.enriched_events.find({}, {"_id": 1})}
+        counted = sum(d["event_count"] for d in db.event_aggregations.find(
+            {"window_type": "tumbling_5m"}, {"event_count": 1}))
+        lost = len(set(truth.events) - set(lake)) + len(set(truth.events) - stored)
+        duplicated = len(lake) - len(set(lake)) + max(0, counted - len(truth.events))
+        tally.outcome(fault, lost, duplicated)
     assert_matches_truth(db, truth)
     assert _lake_ids(settings) == sorted(truth.events)
     dead = read_table_arrow(target_from(settings).dead_letters_path).to_table(columns=["_id"])
@@ -106,11 +118,13 @@ def _assert_final_state(settings: Settings, db: Database, truth) -> None:
 
 @pytest.mark.slow  # two Spark process starts: ~4 min on 2 shared cores
 def test_sigkill_mid_replay_then_restart_equals_uninterrupted(
-        stream_settings: Settings, stream_db: Database, tmp_path: Path) -> None:  # noqa: F811
+        stream_settings: Settings, stream_db: Database, tmp_path: Path,  # noqa: F811
+        fault_tally: FaultTally) -> None:
     records, truth = _produce_case(stream_settings, seed=11)
     checkpoints = Path(stream_settings.data_dir) / "checkpoints"
 
     first = _start(stream_settings, tmp_path / "first.log")
+    fault_tally.inject("sigkill mid-replay")
     try:
         # Generous: the machine is shared, a micro-batch can take a minute under load.
         deadline = time.monotonic() + 900
@@ -128,7 +142,7 @@ def test_sigkill_mid_replay_then_restart_equals_uninterrupted(
 
     _run_to_end(stream_settings, tmp_path / "second.log")
     assert _committed(checkpoints / "events") > done_before
-    _assert_final_state(stream_settings, stream_db, truth)
+    _assert_final_state(stream_settings, stream_db, truth, fault_tally, "sigkill mid-replay")
 
 
 #: Where the streaming process kills itself (JOURNEY_FAULT, see streaming/sinks.fault_point):
@@ -143,8 +157,9 @@ FAULT_POINTS = ("lake_commit:1", "after_lake:1", "mongo_write:enriched_events",
 @pytest.mark.parametrize("fault", FAULT_POINTS)
 def test_sigkill_at_a_write_point_then_restart_equals_uninterrupted(
         fault: str, stream_settings: Settings, stream_db: Database,  # noqa: F811
-        tmp_path: Path) -> None:
+        tmp_path: Path, fault_tally: FaultTally) -> None:
     _records, truth = _produce_case(stream_settings, seed=13)
+    fault_tally.inject(f"sigkill at {fault}")
     log = tmp_path / "killed.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "journey_assets.cli", "stream", "--mode", "available-now",
@@ -168,12 +183,13 @@ def test_sigkill_at_a_write_point_then_restart_equals_uninterrupted(
         assert not (sessions / "commits" / "1").exists()
 
     _run_to_end(stream_settings, tmp_path / "restart.log")
-    _assert_final_state(stream_settings, stream_db, truth)
+    _assert_final_state(stream_settings, stream_db, truth, fault_tally, f"sigkill at {fault}")
 
 
 @pytest.mark.slow
 def test_deleted_checkpoint_keeps_lake_history_and_doubles_nothing(
-        stream_settings: Settings, stream_db: Database, tmp_path: Path) -> None:  # noqa: F811
+        stream_settings: Settings, stream_db: Database, tmp_path: Path,  # noqa: F811
+        fault_tally: FaultTally) -> None:
     _records, truth = _produce_case(stream_settings, seed=17)
     _run_to_end(stream_settings, tmp_path / "first.log")
     _assert_final_state(stream_settings, stream_db, truth)
@@ -181,9 +197,11 @@ def test_deleted_checkpoint_keeps_lake_history_and_doubles_nothing(
     version_before = DeltaTable(events_path).version()
 
     shutil.rmtree(Path(stream_settings.data_dir) / "checkpoints")
+    fault_tally.inject("deleted checkpoint")
     _run_to_end(stream_settings, tmp_path / "again.log")  # re-reads the whole topic
 
-    _assert_final_state(stream_settings, stream_db, truth)  # nothing doubled
+    # nothing doubled
+    _assert_final_state(stream_settings, stream_db, truth, fault_tally, "deleted checkpoint")
     # History kept: every earlier version still reads as it did (no file of it was removed).
     assert _lake_ids(stream_settings, version_before) == sorted(truth.events)
     operations = {h["operation"] for h in DeltaTable(events_path).history()}
@@ -192,7 +210,8 @@ def test_deleted_checkpoint_keeps_lake_history_and_doubles_nothing(
 
 @pytest.mark.slow
 def test_corrupt_checkpoint_is_one_line_and_moving_it_aside_recovers(
-        stream_settings: Settings, stream_db: Database, tmp_path: Path) -> None:  # noqa: F811
+        stream_settings: Settings, stream_db: Database, tmp_path: Path,  # noqa: F811
+        fault_tally: FaultTally) -> None:
     _records, truth = _produce_case(stream_settings, seed=19)
     _run_to_end(stream_settings, tmp_path / "first.log")
     checkpoints = Path(stream_settings.data_dir) / "checkpoints"
@@ -203,6 +222,7 @@ def test_corrupt_checkpoint_is_one_line_and_moving_it_aside_recovers(
     newest = max((p for p in (events / "offsets").iterdir() if p.name.isdigit()),
                  key=lambda p: int(p.name))
     newest.write_text(newest.read_text()[:40])  # a copy cut short
+    fault_tally.inject("corrupt checkpoint")
 
     proc = subprocess.run(
         [sys.executable, "-m", "journey_assets.cli", "stream", "--mode", "available-now"],
@@ -217,12 +237,13 @@ def test_corrupt_checkpoint_is_one_line_and_moving_it_aside_recovers(
     # The documented way out.
     events.rename(events.parent / "events.corrupt")
     _run_to_end(stream_settings, tmp_path / "after.log")
-    _assert_final_state(stream_settings, stream_db, truth)
+    _assert_final_state(stream_settings, stream_db, truth, fault_tally, "corrupt checkpoint")
 
 
 @pytest.mark.slow
 def test_frozen_mongodb_trips_the_watchdog_and_a_restart_completes(
-        local_stack: LocalStack, tmp_path: Path, settings: Settings) -> None:
+        local_stack: LocalStack, tmp_path: Path, settings: Settings,
+        fault_tally: FaultTally) -> None:
     """MongoDB frozen (SIGSTOP) for longer than the timeouts, on a private stack: the stream
     fails with one line instead of hanging, and once the server is thawed a restart ends with
     the state of an uninterrupted run."""
@@ -256,6 +277,7 @@ def test_frozen_mongodb_trips_the_watchdog_and_a_restart_completes(
                 assert time.monotonic() < deadline, "no micro-batch committed in 600 s"
                 time.sleep(0.5)
             os.kill(mongo_pid, signal.SIGSTOP)
+            fault_tally.inject("frozen mongodb")
             produce(records[half:], private.kafka_bootstrap, private.topic, partitions=1,
                     progress=False)
             code = proc.wait(timeout=400)
@@ -274,6 +296,7 @@ def test_frozen_mongodb_trips_the_watchdog_and_a_restart_completes(
 
         _run_to_end(private, tmp_path / "thawed.log")
         with MongoClient(private.mongo_uri, tz_aware=True) as client:
-            _assert_final_state(private, client[private.mongo_db], truth)
+            _assert_final_state(private, client[private.mongo_db], truth, fault_tally,
+                                "frozen mongodb")
     finally:
         stack.down()

@@ -14,6 +14,7 @@ import dagster as dg
 from journey_assets.resources import KafkaResource, LakeResource, MongoResource, SparkResource
 from journey_assets.settings import DEFAULT_MAX_OFFSETS_PER_TRIGGER
 from journey_assets.streaming.lease import LeaseHeld, checkpoint_lease
+from journey_assets.streaming.ledger import DATA_QUALITY_LEDGER, ledger_problems, skipped_ranges
 from journey_assets.streaming.pipeline import (
     AVAILABLE_NOW,
     CONTINUOUS,
@@ -22,7 +23,7 @@ from journey_assets.streaming.pipeline import (
     target_from_resources,
 )
 from journey_assets.streaming.preflight import PreflightError, check_checkpoints, check_sources
-from journey_assets.streaming.progress import DagsterProgressReporter
+from journey_assets.streaming.progress import DagsterProgressReporter, ledger_metadata
 from journey_assets.streaming.sinks import (
     CONVERSION_FUNNEL,
     DEAD_LETTER_EVENTS,
@@ -62,7 +63,13 @@ STREAMING_SPECS = [
                  description="Per day of session_start: sessions per stage, rates conditional "
                              "on the previous stage (<= 1), the ordered view -> cart -> "
                              "purchase funnel, revenue."),
+    dg.AssetSpec(DATA_QUALITY_LEDGER, group_name=STREAMING_GROUP, kinds=_KINDS, deps=[TOPIC_KEY],
+                 description="Per events micro-batch: Kafka records in = new in the lake + "
+                             "duplicates + dead-lettered by reason + late dropped, and the "
+                             "offset ranges skipped by retention (docs/streaming.md)."),
 ]
+#: The assets the events query writes: their metadata carry the ledger's last figures.
+EVENTS_QUERY_ASSETS = {ENRICHED_EVENTS, DEAD_LETTER_EVENTS, DATA_QUALITY_LEDGER}
 
 
 class StreamRunConfig(dg.Config):
@@ -111,12 +118,14 @@ def streaming_pipeline(context: dg.AssetExecutionContext, config: StreamRunConfi
     # The run's own materializations close it: totals of this run per asset.
     sink_docs = summary.sinks.get("documents", {})
     for spec in STREAMING_SPECS:
+        name = spec.key.path[-1]
         yield dg.MaterializeResult(asset_key=spec.key, metadata={
             "mode": config.mode,
             "batches": summary.batches,
             "input_rows": summary.input_rows,
-            "documents_written": int(sink_docs.get(f"mongo.{spec.key.path[-1]}", 0)),
+            "documents_written": int(sink_docs.get(f"mongo.{name}", 0)),
             "seconds": round(summary.seconds, 1),
+            **(ledger_metadata(reporter.last_ledger) if name in EVENTS_QUERY_ASSETS else {}),
         })
 
 
@@ -134,7 +143,46 @@ def funnel_rates_within_0_1(mongo: MongoResource) -> dg.AssetCheckResult:
         "days_checked": days, "days_out_of_range": len(bad), "first_bad_days": bad[:10]})
 
 
-STREAMING_CHECKS = [funnel_rates_within_0_1]
+#: Ledger problems and skipped ranges listed in a check's metadata (the rest are counted).
+_LISTED = 20
+
+
+@dg.asset_check(asset=DATA_QUALITY_LEDGER, name="ledger_identity_holds",
+                description="On every micro-batch: Kafka records in = new in the lake + "
+                            "duplicates + dead-lettered (by reason) + late dropped, and records "
+                            "read by partition = records in.")
+def ledger_identity_holds(mongo: MongoResource) -> dg.AssetCheckResult:
+    batches, problems = 0, []
+    with mongo.db() as db:
+        for doc in db[DATA_QUALITY_LEDGER].find({}, batch_size=1_000):  # a document a batch
+            batches += 1
+            problems.extend(ledger_problems(doc))
+    return dg.AssetCheckResult(passed=not problems, metadata={
+        "batches_checked": batches, "problems": len(problems),
+        "first_problems": problems[:_LISTED]})
+
+
+@dg.asset_check(asset=DATA_QUALITY_LEDGER, name="no_offsets_skipped",
+                description="No Kafka offset was skipped unread (deleted by retention before "
+                            "the pipeline read it, or a gap in a planned range); a failure "
+                            "lists the ranges.")
+def no_offsets_skipped(mongo: MongoResource) -> dg.AssetCheckResult:
+    ranges, gaps = [], 0
+    with mongo.db() as db:
+        lossy = {"$or": [{"skipped_offsets": {"$gt": 0}}, {"gap_offsets": {"$gt": 0}}]}
+        for doc in db[DATA_QUALITY_LEDGER].find(lossy, batch_size=1_000):
+            ranges.extend(skipped_ranges(doc))
+            gaps += int(doc.get("gap_offsets") or 0)
+    skipped = sum(r["to"] - r["from"] for r in ranges)
+    return dg.AssetCheckResult(
+        passed=not ranges and not gaps,
+        description=(None if not ranges and not gaps else
+                     f"{skipped} offsets skipped unread in {len(ranges)} ranges, {gaps} in gaps"),
+        metadata={"skipped_offsets": skipped, "gap_offsets": gaps,
+                  "skipped_ranges": ranges[:_LISTED]})
+
+
+STREAMING_CHECKS = [funnel_rates_within_0_1, ledger_identity_holds, no_offsets_skipped]
 
 
 def _job(name: str, mode: str, description: str):

@@ -26,6 +26,7 @@ from pyspark.sql.streaming import StreamingQuery
 from journey_assets.schema import EVENT_ID, EVENT_TIME
 from journey_assets.serving import MongoTarget
 from journey_assets.settings import DEFAULT_MAX_OFFSETS_PER_TRIGGER, KafkaConnection
+from journey_assets.streaming.ledger import LEDGER_FIGURES
 from journey_assets.streaming.sinks import (
     AggregationsSink,
     EventsSink,
@@ -212,7 +213,9 @@ class StreamingPipeline:
         source = kafka_source(self.spark, self.target, self.options)
         events_sink = EventsSink(
             mongo, self.target.events_path, self.target.dead_letters_path,
-            self.target.product_path, self.target.user_path, self.stats, self._record_sink)
+            self.target.product_path, self.target.user_path,
+            self.target.checkpoint(EVENTS_QUERY), self.target.topic, self.stats,
+            self._record_sink)
         aggregations_sink = AggregationsSink(mongo, self.stats, self._record_sink)
         events_writer = (
             triage_events(parse_kafka_events(source)).writeStream.queryName(f"{EVENTS_QUERY}")
@@ -263,6 +266,7 @@ class StreamingPipeline:
 
     def _progress_record(self, name: str, progress: dict[str, Any]) -> dict[str, Any]:
         batch_id = int(progress["batchId"])
+        output = self.sink_output.get((name, batch_id), {})
         source = (progress.get("sources") or [{}])[0]
         state = progress.get("stateOperators") or []
         return {
@@ -279,7 +283,8 @@ class StreamingPipeline:
             "watermark": (progress.get("eventTime") or {}).get("watermark"),
             "state_rows": sum(int(s.get("numRowsTotal", 0)) for s in state),
             "late_rows_dropped": sum(int(s.get("numRowsDroppedByWatermark", 0)) for s in state),
-            "written": self.sink_output.get((name, batch_id), {}),
+            "written": {k: v for k, v in output.items() if k != LEDGER_FIGURES},
+            "ledger": output.get(LEDGER_FIGURES),
         }
 
     def stalled(self) -> str | None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import dagster as dg
 
+from journey_assets.streaming.ledger import DATA_QUALITY_LEDGER
 from journey_assets.streaming.pipeline import AGGREGATIONS_QUERY, EVENTS_QUERY, SESSIONS_QUERY
 from journey_assets.streaming.sinks import (
     CONVERSION_FUNNEL,
@@ -19,7 +20,7 @@ from journey_assets.streaming.sinks import (
 
 #: Which collections each query writes.
 QUERY_OUTPUTS: dict[str, tuple[str, ...]] = {
-    EVENTS_QUERY: (ENRICHED_EVENTS, DEAD_LETTER_EVENTS),
+    EVENTS_QUERY: (ENRICHED_EVENTS, DEAD_LETTER_EVENTS, DATA_QUALITY_LEDGER),
     AGGREGATIONS_QUERY: (EVENT_AGGREGATIONS,),
     SESSIONS_QUERY: (USER_SESSION_ANALYTICS, CONVERSION_FUNNEL),
 }
@@ -27,10 +28,19 @@ QUERY_OUTPUTS: dict[str, tuple[str, ...]] = {
 
 def format_progress(rec: Mapping[str, Any]) -> str:
     written = ", ".join(f"{k}={v}" for k, v in (rec.get("written") or {}).items())
+    ledger = rec.get("ledger") or {}
     return (f"[{rec['query']}] batch {rec['batch_id']}: {rec['input_rows']} rows in, "
             f"{rec.get('duration_ms')} ms, offsets {rec.get('end_offset')}, "
             f"watermark {rec.get('watermark')}, late dropped {rec.get('late_rows_dropped')}"
-            + (f"; written {written}" if written else ""))
+            + (f"; written {written}" if written else "")
+            + (f"; ledger: {ledger['inserted']} new, {ledger['duplicates_in_batch']} + "
+               f"{ledger['duplicates_in_lake']} duplicates, {ledger['dead_lettered_total']} "
+               f"dead-lettered, {ledger['skipped_offsets']} offsets skipped" if ledger else ""))
+
+
+def ledger_metadata(figures: Mapping[str, int]) -> dict[str, int]:
+    """The last micro-batch's ledger figures as asset metadata (``ledger_<figure>``)."""
+    return {f"ledger_{name}": int(value) for name, value in figures.items()}
 
 
 def _offsets_text(offsets: Any) -> str:
@@ -51,10 +61,14 @@ class DagsterProgressReporter:
         self._last: dict[str, float] = {}
         self._pending: dict[str, dict[str, int]] = {}
         self._last_rec: dict[str, dict[str, Any]] = {}
+        #: The events query's last micro-batch ledger figures (journey_assets.streaming.ledger).
+        self.last_ledger: dict[str, int] = {}
 
     def __call__(self, query: str, rec: dict[str, Any]) -> None:
         self.context.log.info(format_progress(rec))
         self._last_rec[query] = rec
+        if rec.get("ledger"):
+            self.last_ledger = dict(rec["ledger"])
         pending = self._pending.setdefault(query, {"rows_in": 0, "batches": 0})
         pending["rows_in"] += int(rec.get("input_rows") or 0)
         pending["batches"] += 1
@@ -85,6 +99,7 @@ class DagsterProgressReporter:
                     # Events of sessions that had closed (dead-lettered, sessions query only).
                     "late_for_session_since_last": int(pending.get("written_late_for_session",
                                                                    0)),
+                    **(ledger_metadata(self.last_ledger) if query == EVENTS_QUERY else {}),
                 },
             ))
 

@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 from pymongo.database import Database
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from journey_assets import lake
@@ -43,9 +43,21 @@ from journey_assets.serving import (
     write_batches,
     write_frame,
 )
+from journey_assets.streaming.ledger import (
+    DATA_QUALITY_LEDGER,
+    LEDGER_FIGURES,
+    LEDGER_JSON_FIELDS,
+    LEDGER_SCHEMA,
+    LEDGER_SUMMARY,
+    ledger_row,
+    offset_entries,
+    planned_ranges,
+)
 from journey_assets.transforms.events import (
     LAKE_COLUMNS,
+    POSITION,
     REASON,
+    RECEIVED_AT,
     SOURCE,
     dead_letter_rows,
     join_dimensions,
@@ -132,9 +144,12 @@ class EventsSink:
     """
 
     def __init__(self, mongo: MongoTarget, events_path: str, dead_letters_path: str,
-                 product_path: str, user_path: str, stats: SinkStats | None = None,
+                 product_path: str, user_path: str, checkpoint: str, topic: str,
+                 stats: SinkStats | None = None,
                  on_batch: Callable[[str, int, dict[str, Any]], None] | None = None) -> None:
         self.mongo = mongo
+        self.checkpoint = checkpoint
+        self.topic = topic
         self.events_path = events_path
         self.dead_letters_path = dead_letters_path
         self.product_path = product_path
@@ -170,23 +185,36 @@ class EventsSink:
         dead = dead_letter_rows(triaged).withColumn(RECEIVED_DATE, F.to_date("received_at"))
         try:
             start = time.perf_counter()
-            # The days both tables are written in, in one (small) Spark job over the batch.
-            days = (triaged.select(F.col(REASON).isNull().alias("valid"), EVENT_DATE,
-                                   F.to_date("received_at").alias(RECEIVED_DATE))
-                    .distinct().collect())
+            # One small Spark job over the batch: the days both tables are written in, and the
+            # ledger's counts by reason and by Kafka partition.
+            groups = (triaged.groupBy(
+                F.col(REASON), F.col(EVENT_DATE),
+                F.to_date(RECEIVED_AT).alias(RECEIVED_DATE),
+                F.col(f"{POSITION}.partition").alias("partition"))
+                .agg(F.count(F.lit(1)).alias("rows"),
+                     F.min(f"{POSITION}.offset").alias("first"),
+                     F.max(f"{POSITION}.offset").alias("last"))
+                .collect())
             fault_point("before_lake", batch_id)
-            lake.insert_new_rows(spark, self.events_path, events, EVENT_ID, EVENT_DATE,
-                                 self._app_id, batch_id, lake.EVENTS_TABLE_PROPERTIES,
-                                 partitions={d[EVENT_DATE] for d in days if d["valid"]})
+            inserted = lake.insert_new_rows(
+                spark, self.events_path, events, EVENT_ID, EVENT_DATE, self._app_id, batch_id,
+                lake.EVENTS_TABLE_PROPERTIES,
+                partitions={g[EVENT_DATE] for g in groups if g[REASON] is None})
             lake.insert_new_rows(spark, self.dead_letters_path, dead, "_id", RECEIVED_DATE,
                                  self._app_id, batch_id,
-                                 partitions={d[RECEIVED_DATE] for d in days if not d["valid"]})
+                                 partitions={g[RECEIVED_DATE] for g in groups if g[REASON]})
             self.stats.add_seconds("lake", time.perf_counter() - start)
             fault_point("after_lake", batch_id)
+            ledger = self._ledger_row(spark, batch_id, groups, inserted)
+            # Insert-only: a replayed batch keeps the first record of it.
+            self.stats.timed_write(spark.createDataFrame([ledger], LEDGER_SCHEMA), self.mongo,
+                                   DATA_QUALITY_LEDGER, keep_existing=True,
+                                   json_fields=LEDGER_JSON_FIELDS)
 
             enriched = join_dimensions(events, _dimension(spark, self.product_path),
                                        _dimension(spark, self.user_path))
             return {
+                LEDGER_FIGURES: {k: v for k, v in ledger.items() if k in LEDGER_SUMMARY},
                 DEAD_LETTER_EVENTS: self.stats.timed_write(
                     dead.drop(RECEIVED_DATE), self.mongo, DEAD_LETTER_EVENTS,
                     json_fields=(SOURCE,)),
@@ -197,6 +225,25 @@ class EventsSink:
             }
         finally:
             events.unpersist()
+
+    def _ledger_row(self, spark: SparkSession, batch_id: int, groups: list[Row],
+                    inserted: lake.InsertCounts) -> dict[str, Any]:
+        dead: dict[str, int] = defaultdict(int)
+        read: dict[int, tuple[int, int, int]] = {}
+        for g in groups:
+            if g[REASON] is not None:
+                dead[g[REASON]] += g["rows"]
+            if g["partition"] is not None:
+                count, first, last = read.get(g["partition"], (0, g["first"], g["last"]))
+                read[g["partition"]] = (count + g["rows"], min(first, g["first"]),
+                                        max(last, g["last"]))
+        start, end = planned_ranges(spark, self.checkpoint, batch_id, self.topic)
+        return ledger_row(
+            self._app_id or "", batch_id, self.topic,
+            records_in=sum(g["rows"] for g in groups),
+            valid=sum(g["rows"] for g in groups if g[REASON] is None),
+            source_rows=inserted.source_rows, inserted=inserted.inserted, dead_lettered=dead,
+            offsets=offset_entries(read, start, end))
 
 
 class AggregationsSink:

@@ -113,6 +113,9 @@ def dead_letters(parsed: DataFrame) -> DataFrame:
 DEAD_LETTER_ID = "dead_letter_id"
 #: Columns of ``triage_events`` that belong to the dead letters only.
 DEAD_LETTER_COLUMNS = (DEAD_LETTER_ID, REASON, RAW, SOURCE, RECEIVED_AT)
+#: Column of ``triage_events`` with every record's source position (Kafka: a struct of
+#: topic, partition, offset), for the data-quality ledger's offset ranges.
+POSITION = "position"
 
 
 def triage_events(parsed: DataFrame) -> DataFrame:
@@ -122,7 +125,7 @@ def triage_events(parsed: DataFrame) -> DataFrame:
     where ``reason`` is null) and the dead-letter columns ``DEAD_LETTER_COLUMNS`` (set only
     where ``reason`` is set: the raw payload of a valid record is not shipped). Split by
     ``reason``; ``valid_events`` + ``with_event_keys`` and ``dead_letters`` give the same rows
-    separately. The typed fields of a rejected record are nulled first, so no derivation (ANSI
+    separately. ``POSITION`` keeps every record's source position. The typed fields of a rejected record are nulled first, so no derivation (ANSI
     casts in the event id, say) ever sees an out-of-range value.
     """
     rejected = F.col(REASON).isNotNull()
@@ -133,6 +136,7 @@ def triage_events(parsed: DataFrame) -> DataFrame:
         F.when(rejected, F.make_valid_utf8(F.col(RAW))).alias(RAW),
         F.when(rejected, F.to_json(F.col(SOURCE))).alias(SOURCE),
         F.when(rejected, F.col(RECEIVED_AT)).alias(RECEIVED_AT),
+        F.col(SOURCE).alias(POSITION),
     )
     return with_event_keys(marked)
 
