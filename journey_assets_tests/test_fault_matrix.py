@@ -211,9 +211,9 @@ def test_lake_disk_full_fails_one_line_and_a_restart_completes(
 
 
 def _produce_into(out: list, records: list[dict], settings: Settings) -> None:
-    """Produce at 200 events/s (10 s for 2,000): long enough to be cut by a broker kill."""
+    """Produce at 100 events/s (20 s for 2,000): long enough to be cut by a kill."""
     out.append(produce(records, settings.kafka_bootstrap, settings.topic, partitions=1,
-                       rate=200, progress=False))
+                       rate=100, progress=False))
 
 
 def _supervise(proc_box: list[subprocess.Popen], settings: Settings, log: Path,
@@ -252,36 +252,41 @@ def test_broker_and_mongodb_killed_and_restarted_lose_and_double_nothing(
         data_dir=tmp_path / "data")
     checkpoints = Path(private.data_dir) / "checkpoints"
     records = _records(seed=43, n=6_000)
-    thirds = [records[:2_000], records[2_000:4_000], records[4_000:]]
+    # Per phase: records in the topic before the fault, and records sent while it strikes.
+    waves = [(records[:2_000], records[2_000:4_000]), (records[4_000:4_200], records[4_200:])]
     try:
         ensure_topic(private.kafka_bootstrap, private.topic, partitions=1)
-        produce(thirds[0], private.kafka_bootstrap, private.topic, partitions=1, progress=False)
         malformed = send_malformed(private.kafka_bootstrap, private.topic)
+        sent: list[dict] = []
         for phase, fault in enumerate(("broker killed mid-run and mid-produce",
-                                       "mongodb killed mid-run")):
-            sent = [r for third in thirds[:phase + 2] for r in third]
+                                       "mongodb killed mid-run and mid-produce")):
+            before, during = waves[phase]
+            produce(before, private.kafka_bootstrap, private.topic, partitions=1,
+                    progress=False)
+            sent += before + during
             truth = compute_truth(sent, malformed)
             log = tmp_path / f"phase{phase}.log"
+            done = _committed(checkpoints / "events")
             box = [_start_continuous(private, log)]
             stop = threading.Event()
             supervisor = threading.Thread(target=_supervise, args=(box, private, log, stop))
             try:
-                done = _committed(checkpoints / "events")
                 _wait_for(lambda d=done: _committed(checkpoints / "events") > d, box[0], log,
                           "micro-batch committed")
                 produced: list = []
-                producer = threading.Thread(target=_produce_into, args=(
-                    produced, thirds[phase + 1], private))
+                producer = threading.Thread(target=_produce_into,
+                                            args=(produced, during, private))
                 producer.start()
                 time.sleep(3)  # the producer is mid-send, the run mid-read
                 supervisor.start()
                 victim = stack.kafka if phase == 0 else stack.mongo
                 os.killpg(victim.pid(), signal.SIGKILL)
                 fault_tally.inject(fault)
+                assert producer.is_alive(), "the producer finished before the fault"
                 time.sleep(15)
                 stack.up()  # restarts the killed service on its own data
                 producer.join(timeout=600)
-                assert produced and produced[0].sent == len(thirds[phase + 1]), produced
+                assert produced and produced[0].sent == len(during), produced
             finally:
                 stop.set()
                 if supervisor.is_alive():

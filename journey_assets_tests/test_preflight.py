@@ -98,3 +98,10 @@ def test_a_query_failure_is_summarized_by_its_innermost_error() -> None:
     assert failure_summary(java_side) == \
         "IllegalStateException: offsets/7 is not a valid offset log"
     assert failure_summary(RuntimeError("one line only")) == "one line only"
+    # A MongoDB server killed mid-write (seen in the fault matrix): a module-qualified name.
+    killed = RuntimeError(
+        "An exception was raised by the Python Proxy. Return Message: Traceback (most recent "
+        "call last):\n  File \"serving.py\", line 9, in _insert_new\n"
+        "pymongo.errors.AutoReconnect: 127.0.0.1:27517: [Errno 111] Connection refused\n")
+    assert failure_summary(killed) == \
+        "AutoReconnect: 127.0.0.1:27517: [Errno 111] Connection refused"

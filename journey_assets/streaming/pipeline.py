@@ -357,7 +357,12 @@ def is_kafka_metrics_npe(exc: BaseException | None) -> bool:
     return False
 
 
-_ERROR_LINE = re.compile(r"^\s*(?:Caused by: )?([A-Za-z_][\w.$]*(?:Error|Exception|Timeout|Cancelled|Interrupted)\w*): (.+)$")
+# An exception line: a name ending like an error, or any dotted (module-qualified) class name,
+# e.g. pymongo.errors.AutoReconnect.
+_ERROR_LINE = re.compile(
+    r"^\s*(?:Caused by: )?("
+    r"[A-Za-z_][\w.$]*(?:Error|Exception|Timeout|Cancelled|Interrupted)\w*"
+    r"|[A-Za-z_][\w$]*(?:\.[A-Za-z_][\w$]*)+): (.+)$")
 
 
 def failure_summary(exc: BaseException) -> str:
