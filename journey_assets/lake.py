@@ -148,7 +148,8 @@ def insert_new_rows(spark: SparkSession, path: str, rows: DataFrame, key: str,
                     partitions: Iterable[Any] | None = None) -> InsertCounts:
     """Insert the rows of ``rows`` whose ``key`` the table does not hold yet; returns the
     MERGE's counts (a replayed idempotent commit, which Delta skips, returns the counts of
-    the commit that applied it, found by its tag).
+    the commit that applied it, found by its tag among the latest 100; a MERGE that inserted
+    nothing made no commit: 0 inserted).
 
     ``rows`` must be unique by ``key`` (MERGE inserts every unmatched source row). The match
     only looks at the partitions ``rows`` falls in (their values are collected: a handful of
@@ -176,8 +177,9 @@ def insert_new_rows(spark: SparkSession, path: str, rows: DataFrame, key: str,
          .execute())
     counts = _tagged_commit_counts(spark, path, tag)
     if counts is None:
-        raise RuntimeError(f"no commit tagged {tag!r} among the latest {_TAG_SEARCH_DEPTH} of "
-                           f"{path}")
+        # Delta makes no commit for a MERGE that inserts nothing (every row already stored),
+        # and a replay of such a batch finds none either: nothing was inserted.
+        return InsertCounts(source_rows=rows.count(), inserted=0)
     return counts
 
 

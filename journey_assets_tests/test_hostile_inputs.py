@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -38,6 +39,7 @@ from journey_assets.settings import Settings
 from journey_assets.sources.producer import produce
 from journey_assets.sources.synthetic import SyntheticConfig, generate_records
 from journey_assets.streaming.pipeline import StreamOptions, run_stream, target_from
+from journey_assets_tests.test_streaming import assert_ledger_holds
 
 ACCEPTED = "accepted"
 FIRST_USER = 777_000_000
@@ -204,6 +206,13 @@ def test_hostile_records_are_accepted_or_dead_lettered_and_nothing_crashes(
         # The normal events around them all arrived (their ids by the schema's Python twin).
         valid = {event_id(ev) for ev, _ in map(validate_record, normal) if ev is not None}
         assert db.enriched_events.count_documents({"_id": {"$in": sorted(valid)}}) == len(valid)
+
+        # The ledger balances on every batch; its dead letters by reason and its lake inserts
+        # match what MongoDB holds.
+        ledger = assert_ledger_holds(db, db.enriched_events.count_documents({}))
+        reasons = Counter(d["reason"] for d in db.dead_letter_events.find(
+            {"reason": {"$ne": "late_for_session"}}, {"reason": 1}))  # the sessions query's
+        assert sum((Counter(d["dead_lettered"]) for d in ledger), Counter()) == reasons
 
         before = _snapshot(db)
         run_stream(spark, target, StreamOptions(mode="available-now"))

@@ -39,6 +39,7 @@ from journey_assets_tests.session_truth import (
     truth_funnel,
     truth_sessions,
 )
+from journey_assets_tests.test_streaming import assert_ledger_holds
 
 T0 = datetime(2019, 10, 1, 6, 0, tzinfo=UTC)
 GAP = timedelta(minutes=30)
@@ -161,6 +162,8 @@ def test_sessions_and_funnel_equal_plain_python_after_every_trigger(
         for sid, w in want.items():  # closed once the watermark passed last event + gap
             assert got[sid]["closed"] == (w["session_end"] + GAP < watermark), (k, sid)
         assert_funnel_equal(_docs(db, "conversion_funnel"), truth_funnel(want))
+        # Every event (the late ones too) is in the lake once; the ledger balances.
+        assert_ledger_holds(db, len(sent))
 
     long_session = got["s-long"]
     assert long_session["duration_s"] == 78 * 20 * 60 and long_session["closed"]
