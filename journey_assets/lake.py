@@ -80,19 +80,13 @@ def ensure_table(spark: SparkSession, path: str, like: DataFrame, partition_by: 
 
 @contextmanager
 def idempotent_commit(spark: SparkSession, app_id: str | None, version: int | None,
-                      tag: str | None = None) -> Iterator[None]:
+                      tag: str) -> Iterator[None]:
     """Within the block, a Delta commit carries ``(app_id, version)``; one that a table has
     already recorded for ``app_id`` (same or higher version) is skipped. The commit's
-    ``userMetadata`` is ``tag`` (default: ``commit_tag(app_id, version)``), to find it again."""
-    confs = {}
+    ``userMetadata`` is ``tag``, to find the commit again."""
+    confs = {COMMIT_TAG_CONF: tag}
     if app_id is not None and version is not None:
-        confs = {TXN_APP_ID_CONF: app_id, TXN_VERSION_CONF: str(version)}
-        tag = tag or commit_tag(app_id, version)
-    if tag is not None:
-        confs[COMMIT_TAG_CONF] = tag
-    if not confs:
-        yield
-        return
+        confs.update({TXN_APP_ID_CONF: app_id, TXN_VERSION_CONF: str(version)})
     with _TXN_LOCK:
         for key, value in confs.items():
             spark.conf.set(key, value)
