@@ -38,11 +38,12 @@ from pyspark.sql import DataFrame
 
 DEFAULT_BATCH_SIZE = 2_000
 # FerretDB v1.24 (SQLite) stalls on one update command that matches more than ~100 existing
-# documents, and answers a delete (by one _id or by $in) or a bulk upsert with a scan of the
-# whole collection (measured on 1.1M documents: delete_one 14 s, a 10-id $in delete 145 s, 100
-# bulk upserts 268 s), while one replace_one by _id without upsert takes ~1 ms. On FerretDB we
-# insert a batch and replace the _ids that were taken one command each. Both strategies are
-# idempotent.
+# documents, and filters in Go whatever cannot be pushed down to SQLite (anything but a lone
+# string `_id`): a delete by `$in` or by partition reads the whole collection (~35 s per command
+# on 1.1M documents). Its UPDATE and DELETE by `_id` scanned the table too, until the local
+# FerretDB build added the index they need (local/ferretdb/idindex.go): a replace_one by _id
+# is now ~1 ms at any size. On FerretDB we insert a batch and replace the _ids that were taken,
+# one command each. Both strategies are idempotent.
 _DUPLICATE_KEY = 11000
 REPLACE = "replace"
 INSERT_REPLACE = "insert_replace"
@@ -181,8 +182,8 @@ RUN_MARKER = "_run"
 
 
 #: Deadline of one stale-document delete (overrides the client's socket timeout): FerretDB
-#: answers it with a scan of the whole collection, ~2 minutes on 1.1M documents, more on a
-#: busy machine; MongoDB finds the documents through the partition index in milliseconds.
+#: answers it with a scan of the whole collection (filtered in Go), 35 s to ~2 minutes on 1.1M
+#: documents, more on a busy machine; MongoDB finds the documents through the partition index in milliseconds.
 STALE_DELETE_TIMEOUT_S = 1800.0
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from pymongo import MongoClient
 
 from journey_assets.local.artifacts import StackError
 from journey_assets.local.stack import LocalStack, port_open
@@ -55,3 +58,44 @@ def test_cli_reports_a_taken_port_without_a_traceback(tmp_path: Path,
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: port 127.0.0.1:9092 is taken")
     assert "Traceback" not in proc.stderr
+
+
+def test_ferretdb_finds_a_document_to_replace_by_index(tmp_path: Path,
+                                                       local_stack: LocalStack) -> None:
+    """FerretDB 1.24 updates and deletes by `_ferretdb_sjson->'$._id'`, an expression its own
+    _id index does not cover; the local build adds that index to every collection table, so a
+    replace_one by _id is an index search, not a scan of the collection."""
+    stack = LocalStack(tmp_path, kafka_port=19292, kafka_controller_port=19293,
+                       mongo_port=27118, artifacts_home=local_stack.artifacts_home)
+    try:
+        stack._up_mongo()
+        client: MongoClient = MongoClient("mongodb://127.0.0.1:27118")
+        coll = client["journey_index_check"]["documents"]
+        coll.insert_many([{"_id": f"{i}:2019-10-01", "n": i} for i in range(500)])
+        database_file = stack.mongo.home / "ferretdb" / "journey_index_check.sqlite"
+        deadline = time.monotonic() + 30
+        while not (indexes := _id_lookup_indexes(database_file)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert len(indexes) == 1, f"no _id lookup index in {database_file}"
+        table, index = indexes[0]
+        with sqlite3.connect(database_file) as con:
+            plan = con.execute(f"EXPLAIN QUERY PLAN UPDATE \"{table}\" SET _ferretdb_sjson = ? "
+                               "WHERE _ferretdb_sjson->'$._id' = ?", ("{}", '"1"')).fetchall()
+        assert any(f"USING INDEX {index}" in row[-1] for row in plan), plan
+        # Writes still answer as MongoDB's do.
+        assert coll.replace_one({"_id": "7:2019-10-01"}, {"n": -7}).modified_count == 1
+        assert coll.find_one({"_id": "7:2019-10-01"}) == {"_id": "7:2019-10-01", "n": -7}
+        assert coll.delete_one({"_id": "8:2019-10-01"}).deleted_count == 1
+        assert coll.count_documents({}) == 499
+        client.drop_database("journey_index_check")
+        client.close()
+    finally:
+        stack.down()
+
+
+def _id_lookup_indexes(database_file: Path) -> list[tuple[str, str]]:
+    if not database_file.exists():
+        return []
+    with sqlite3.connect(database_file) as con:
+        return con.execute("SELECT tbl_name, name FROM sqlite_master WHERE type = 'index' "
+                           "AND name LIKE '%journey_id_lookup'").fetchall()

@@ -42,8 +42,14 @@ func main() {
 		log.Fatalf("ferretdb: %v", err)
 	}
 
+	dir, err := sqliteDir(*sqliteURL)
+	if err != nil {
+		log.Fatalf("bad -sqlite-url %q: %v", *sqliteURL, err)
+	}
+
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	go runIDIndexer(ctx, dir, logger)
 	logger.Info("listening", "uri", server.MongoDBURI())
 	if err := server.Run(ctx); err != nil && ctx.Err() == nil {
 		log.Fatalf("ferretdb: %v", err)
