@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,9 @@ _DUPLICATE_KEY = 11000
 REPLACE = "replace"
 INSERT_REPLACE = "insert_replace"
 KEEP_EXISTING = "keep_existing"  # insert-only (upsert_documents(keep_existing=True))
+#: FerretDB only: an always-empty collection whose one insert per replacing batch lets SQLite
+#: rewind its WAL (``_let_ferretdb_rewind_its_wal``).
+WAL_REWIND_COLLECTION = "_journey_wal_rewind"
 #: Client timeouts: a hung server fails a write instead of blocking a task forever.
 SERVER_SELECTION_TIMEOUT_MS = 10_000
 SOCKET_TIMEOUT_MS = 120_000
@@ -147,7 +151,10 @@ def _flush(coll: Collection, batch: list[dict[str, Any]], strategy: str) -> int:
     if strategy == KEEP_EXISTING:
         return len(unique) - len(_insert_new(coll, unique))
     if strategy == INSERT_REPLACE:
-        _replace_existing(coll, _insert_new(coll, unique))
+        taken = _insert_new(coll, unique)
+        if taken:
+            _replace_existing(coll, taken)
+            _let_ferretdb_rewind_its_wal(coll.database)
         return len(unique)
     ops = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in unique]
     result = coll.bulk_write(ops, ordered=False)
@@ -174,6 +181,17 @@ def _replace_existing(coll: Collection, docs: list[dict[str, Any]]) -> None:
     for doc in docs:
         if coll.replace_one({"_id": doc["_id"]}, doc).matched_count == 0:
             _insert_new(coll, [doc])
+
+
+def _let_ferretdb_rewind_its_wal(db: Database) -> None:
+    """FerretDB keeps an update's read transaction open while it writes, so during a run of
+    replace_one's SQLite's checkpoint never completes and the WAL is never rewound: measured on
+    a 1.1M-document re-write, it grew by 6 MB/s and the replaces slowed from 570 to 300 a
+    second. One commit with no reader open (a small insert) lets the checkpoint complete and
+    the next write rewind the WAL (measured: 20,000 replaces, the WAL stays at 7 MiB)."""
+    key = uuid.uuid4().hex
+    db[WAL_REWIND_COLLECTION].insert_one({"_id": key})
+    db[WAL_REWIND_COLLECTION].delete_one({"_id": key})
 
 
 # -- partitions ----------------------------------------------------------------------------
