@@ -15,7 +15,7 @@ import (
 // `_ferretdb_sjson->"_id"`, but its UPDATE, DELETE and _id lookups filter on
 // `_ferretdb_sjson->'$._id'`. SQLite uses an expression index only for the same expression, so
 // every replace or delete of one document by _id scans its whole table (measured on 1.1M
-// documents: 4.5 s per replace_one; with this index 1 ms). idIndexer adds that index to every
+// documents: 4.5 s per replace_one; with this index 1 ms). runIDIndexer adds that index to every
 // collection table, shortly after FerretDB creates the table. FerretDB does not list it (it is
 // not in its metadata) and drops it with the table.
 const (
