@@ -128,3 +128,13 @@ def _id_lookup_indexes(database_file: Path) -> list[tuple[str, str]]:
     with sqlite3.connect(database_file) as con:
         return con.execute("SELECT tbl_name, name FROM sqlite_master WHERE type = 'index' "
                            "AND name LIKE '%journey_id_lookup'").fetchall()
+
+
+def test_kafka_cluster_ids_never_look_like_an_option() -> None:
+    # One in 64 base64url ids starts with "-"; the storage tool's parser took one for an option
+    # and a CI run failed to start Kafka. 2,000 draws would meet one with near certainty.
+    from journey_assets.local.stack import _kafka_cluster_id
+
+    ids = [_kafka_cluster_id() for _ in range(2000)]
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+    assert len(set(ids)) == len(ids)

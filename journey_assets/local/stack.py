@@ -213,7 +213,7 @@ class LocalStack:
             cluster_id = _kafka_cluster_id()
             proc = subprocess.run(
                 ["java", *java_opts, "-cp", classpath, "kafka.tools.StorageTool", "format",
-                 "-t", cluster_id, "-c", str(props)],
+                 f"--cluster-id={cluster_id}", "-c", str(props)],
                 capture_output=True, text=True,
             )
             if proc.returncode != 0:
@@ -286,7 +286,12 @@ def _kafka_cluster_id() -> str:
     # Kafka wants a base64url-encoded 16-byte UUID without padding (22 characters).
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    # One in 64 such ids starts with "-", which the format tool's argument parser takes for an
+    # option; Kafka's own Uuid.randomUuid() redraws those, and so does this.
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def kafka_ready(port: int) -> bool:
