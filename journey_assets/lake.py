@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -136,10 +136,34 @@ def _partition_literals(values: Sequence[Any]) -> str:
     return ", ".join(literal(v) for v in values)
 
 
+@dataclass(frozen=True)
+class SecondsRange:
+    """The first and last whole second (unix) of a timestamp column among some rows."""
+
+    first: int
+    last: int
+
+
+def _within_seconds(alias: str, column: str, partition_by: str,
+                    ranges: Mapping[Any, SecondsRange]) -> str:
+    """Per partition, ``column`` within its range: ``[first, last + 1)`` seconds (UTC)."""
+    def instant(seconds: int) -> str:
+        return f"TIMESTAMP'{datetime.fromtimestamp(seconds, UTC).isoformat()}'"
+
+    parts = [f"({alias}.{partition_by} = {_partition_literals([value])} "
+             f"AND {alias}.{column} >= {instant(r.first)} "
+             f"AND {alias}.{column} < {instant(r.last + 1)})"
+             for value, r in sorted(ranges.items())]
+    return "(" + " OR ".join(parts) + ")"
+
+
 def insert_new_rows(spark: SparkSession, path: str, rows: DataFrame, key: str,
                     partition_by: str, app_id: str | None = None, version: int | None = None,
                     properties: dict[str, str] | None = None,
-                    partitions: Iterable[Any] | None = None) -> InsertCounts:
+                    partitions: Iterable[Any] | None = None,
+                    time_column: str | None = None,
+                    seconds_by_partition: Mapping[Any, SecondsRange] | None = None,
+                    ) -> InsertCounts:
     """Insert the rows of ``rows`` whose ``key`` the table does not hold yet; returns the
     MERGE's counts (a replayed idempotent commit, which Delta skips, returns the counts of
     the commit that applied it, found by its tag among the latest 100; a MERGE that inserted
@@ -149,6 +173,13 @@ def insert_new_rows(spark: SparkSession, path: str, rows: DataFrame, key: str,
     only looks at the partitions ``rows`` falls in (their values are collected: a handful of
     days), so its cost follows the size of those partitions, not of the table.
     ``partitions``: those values when the caller knows them already (saves a Spark job).
+
+    ``time_column`` and ``seconds_by_partition`` (per partition value, the seconds of
+    ``time_column`` that ``rows`` span; used when it covers every partition written): when
+    the key fixes that column to the second (an event_id hashes event_time's second), a stored
+    row with the same key lies in the same seconds, so the match reads only the files whose
+    statistics overlap them. A micro-batch's MERGE then costs what its own time slice holds,
+    not everything its day holds so far.
     """
     from delta.tables import DeltaTable
 
@@ -160,6 +191,10 @@ def insert_new_rows(spark: SparkSession, path: str, rows: DataFrame, key: str,
         return InsertCounts()
     condition = (f"t.{key} = s.{key} AND t.{partition_by} = s.{partition_by} "
                  f"AND t.{partition_by} IN ({_partition_literals(sorted(partitions))})")
+    if (time_column is not None and seconds_by_partition is not None
+            and set(partitions) <= set(seconds_by_partition)):
+        condition += " AND " + _within_seconds(
+            "t", time_column, partition_by, {p: seconds_by_partition[p] for p in partitions})
     # Tagged, so that one path reads the counts of a first run and of a replay (Delta skips a
     # replayed commit; the counts are those of the commit that applied it).
     tag = (commit_tag(app_id, version) if app_id is not None and version is not None

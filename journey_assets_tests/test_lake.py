@@ -4,6 +4,7 @@ table, and plain Python over the input rows."""
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import dagster as dg
@@ -13,9 +14,9 @@ from deltalake import DeltaTable
 from journey_assets import lake
 from journey_assets.assets.maintenance import lake_maintenance
 from journey_assets.resources import LakeResource, SparkResource
-from journey_assets.schema import EVENT_DATE, EVENT_ID, event_id, validate_record
+from journey_assets.schema import EVENT_DATE, EVENT_ID, EVENT_TIME, event_id, validate_record
 from journey_assets.sources.synthetic import SyntheticConfig, generate_records
-from journey_assets.transforms.events import read_event_lake, write_event_lake
+from journey_assets.transforms.events import LAKE_COLUMNS, read_event_lake, write_event_lake
 from journey_assets_tests.test_features import spark_events
 
 
@@ -55,6 +56,62 @@ def test_idempotent_commits_and_insert_only_rows(spark, tmp_path: Path) -> None:
                .column(EVENT_ID).to_pylist()) == expected
     # Time travel: the first version still holds the first batch only.
     assert read_event_lake(spark, path, version=version).count() == len(_unique_ids(first))
+
+
+def _seconds_by_day(records: list[dict]) -> dict[date, lake.SecondsRange]:
+    """Plain Python: per UTC day of the valid events, the whole seconds they span."""
+    seconds: dict[date, list[int]] = {}
+    for rec in records:
+        event, _ = validate_record(rec)
+        if event is not None:
+            t = event["event_time"]
+            seconds.setdefault(t.date(), []).append(int(t.timestamp()))
+    return {day: lake.SecondsRange(min(s), max(s)) for day, s in seconds.items()}
+
+
+def _event_second(record: dict) -> float:
+    event, _ = validate_record(record)
+    return float("inf") if event is None else int(event["event_time"].timestamp())
+
+
+def test_time_ranged_inserts_skip_other_files_and_store_each_event_once(
+        spark, tmp_path: Path) -> None:
+    # Three time slices of two days (the middle one crosses midnight; no second is in two
+    # slices), inserted as micro-batches are; the last batch repeats the middle slice, whose
+    # stored rows its seconds still reach.
+    path = str(tmp_path / "events")
+    records = sorted(_records(6_000, 4), key=_event_second)
+    cuts = [next(i for i in range(n, len(records))
+                 if _event_second(records[i]) != _event_second(records[i - 1]))
+            for n in (2_000, 4_000)]
+    first, middle, last = records[:cuts[0]], records[cuts[0]:cuts[1]], records[cuts[1]:]
+    batches = (first, middle, middle + last)
+
+    def insert(version: int) -> lake.InsertCounts:
+        ranges = _seconds_by_day(batches[version])
+        return lake.insert_new_rows(
+            spark, path, spark_events(spark, batches[version]).select(*LAKE_COLUMNS), EVENT_ID,
+            EVENT_DATE, "app", version, lake.EVENTS_TABLE_PROPERTIES, partitions=set(ranges),
+            time_column=EVENT_TIME, seconds_by_partition=ranges)
+
+    insert(0)
+    first_files = [Path(uri.removeprefix("file://")) for uri in DeltaTable(path).file_uris()]
+    assert first_files
+    insert(1)
+    # The first slice's files are moved away: the last MERGE can only succeed if it skips them.
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    for i, file in enumerate(first_files):
+        file.rename(hidden / f"{i}.parquet")
+    counts = insert(2)
+    for i, file in enumerate(first_files):
+        (hidden / f"{i}.parquet").rename(file)
+    assert counts.inserted == len(_unique_ids(last) - _unique_ids(first + middle))
+
+    dataset = lake.read_table_arrow(path)  # noqa: F841 (DuckDB reads it by name)
+    [(rows, distinct)] = duckdb.sql(
+        f"SELECT count(*), count(DISTINCT {EVENT_ID}) FROM dataset").fetchall()
+    assert rows == distinct == len(_unique_ids(records))
 
 
 def test_maintenance_compacts_and_keeps_every_row(spark, tmp_path: Path) -> None:

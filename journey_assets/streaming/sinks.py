@@ -33,7 +33,7 @@ from pyspark.sql import functions as F
 
 from journey_assets import lake
 from journey_assets.resources.spark import scheduler_pool
-from journey_assets.schema import EVENT_DATE, EVENT_ID, USER_SESSION
+from journey_assets.schema import EVENT_DATE, EVENT_ID, EVENT_TIME, USER_SESSION
 from journey_assets.serving import (
     FAULT_ENV,
     BatchWriter,
@@ -193,13 +193,16 @@ class EventsSink:
                 F.col(f"{POSITION}.partition").alias("partition"))
                 .agg(F.count(F.lit(1)).alias("rows"),
                      F.min(f"{POSITION}.offset").alias("first"),
-                     F.max(f"{POSITION}.offset").alias("last"))
+                     F.max(f"{POSITION}.offset").alias("last"),
+                     F.min(F.unix_timestamp(EVENT_TIME)).alias("first_second"),
+                     F.max(F.unix_timestamp(EVENT_TIME)).alias("last_second"))
                 .collect())
             fault_point("before_lake", batch_id)
             inserted = lake.insert_new_rows(
                 spark, self.events_path, events, EVENT_ID, EVENT_DATE, self._app_id, batch_id,
                 lake.EVENTS_TABLE_PROPERTIES,
-                partitions={g[EVENT_DATE] for g in groups if g[REASON] is None})
+                partitions={g[EVENT_DATE] for g in groups if g[REASON] is None},
+                time_column=EVENT_TIME, seconds_by_partition=_seconds_by_day(groups))
             lake.insert_new_rows(spark, self.dead_letters_path, dead, "_id", RECEIVED_DATE,
                                  self._app_id, batch_id,
                                  partitions={g[RECEIVED_DATE] for g in groups if g[REASON]})
@@ -244,6 +247,19 @@ class EventsSink:
             valid=sum(g["rows"] for g in groups if g[REASON] is None),
             source_rows=inserted.source_rows, inserted=inserted.inserted, dead_lettered=dead,
             offsets=offset_entries(read, start, end))
+
+
+def _seconds_by_day(groups: list[Row]) -> dict[Any, lake.SecondsRange]:
+    """Per event_date of the valid rows, the seconds their event_time spans."""
+    ranges: dict[Any, lake.SecondsRange] = {}
+    for g in groups:
+        if g[REASON] is None and g[EVENT_DATE] is not None and g["first_second"] is not None:
+            known = ranges.get(g[EVENT_DATE])
+            first, last = g["first_second"], g["last_second"]
+            ranges[g[EVENT_DATE]] = (lake.SecondsRange(first, last) if known is None else
+                                     lake.SecondsRange(min(known.first, first),
+                                                       max(known.last, last)))
+    return ranges
 
 
 class AggregationsSink:
