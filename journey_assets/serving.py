@@ -343,7 +343,7 @@ def write_batches(frame: DataFrame, target: MongoTarget, collection: str,
 
 def write_frame(frame: DataFrame, target: MongoTarget, collection: str,
                 keep_existing: bool = False, json_fields: Sequence[str] = (),
-                batch_size: int = DEFAULT_BATCH_SIZE) -> WriteSummary:
+                batch_size: int = DEFAULT_BATCH_SIZE, small: bool = False) -> WriteSummary:
     """Write the rows of ``frame`` (one column ``_id``) to ``collection`` from the executors.
 
     Each task converts its partition's Arrow batches with ``arrow_documents`` and writes them
@@ -351,13 +351,15 @@ def write_frame(frame: DataFrame, target: MongoTarget, collection: str,
     replace documents runs as one task: FerretDB's SQLite has one writer, and two tasks
     replacing documents at once fail with ``database is locked (SQLITE_BUSY)`` on a large
     collection. The frame is repartitioned (a shuffle), so the work before the write keeps
-    its parallelism; on MongoDB every partition writes at once.
+    its parallelism; on MongoDB every partition writes at once. ``small``: the rows are few
+    and cheap to compute (a streaming aggregation's changed groups), so the partitions are
+    coalesced into the one writing task instead: no shuffle stage on the latency path.
     """
     if "_id" not in frame.columns:
         raise ValueError(f"rows for {collection!r} need an _id column: {frame.columns}")
     strategy = KEEP_EXISTING if keep_existing else _driver_strategy(target)
     if strategy == INSERT_REPLACE:
-        frame = frame.repartition(1)
+        frame = frame.coalesce(1) if small else frame.repartition(1)
 
     def write_batch(db: Database, batch: pa.RecordBatch) -> int:
         return upsert_documents(db, collection, arrow_documents(batch, json_fields),

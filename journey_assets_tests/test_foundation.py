@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import dagster as dg
 import pytest
@@ -103,3 +104,17 @@ def test_write_frame_replaces_from_the_executors_one_task_on_ferretdb(
     assert len(docs) == 3000
     assert {d["twice"] for d in docs.values()} == {-1}
     assert sorted(d["n"] for d in docs.values()) == list(range(3000))
+
+
+def test_local_sessions_rebuild_delta_state_with_one_task_per_core(spark) -> None:
+    """Delta's 50 state-reconstruction tasks are sized for a cluster; a local session uses its
+    own task slots, and a cluster master keeps Delta's default."""
+    from journey_assets.resources.spark import _local_cores
+
+    assert spark.conf.get("spark.databricks.delta.snapshotPartitions") == "2"
+    assert spark.conf.get("spark.sql.codegen.cache.maxEntries") == "2000"
+    assert _local_cores("local[3]") == 3
+    assert _local_cores("local") == 1
+    assert _local_cores("local[*]") == (os.cpu_count() or 1)
+    assert _local_cores("local-cluster[2,1,1024]") is None
+    assert _local_cores("k8s://https://kubernetes.default.svc") is None

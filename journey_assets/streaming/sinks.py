@@ -278,7 +278,8 @@ class AggregationsSink:
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         scheduler_pool(batch.sparkSession, AGGREGATIONS_POOL)
-        written = self.stats.timed_write(batch, self.mongo, EVENT_AGGREGATIONS)
+        # A trigger's changed groups: few rows, so no shuffle before the single FerretDB writer.
+        written = self.stats.timed_write(batch, self.mongo, EVENT_AGGREGATIONS, small=True)
         if self.on_batch is not None:
             self.on_batch("aggregations", batch_id, {EVENT_AGGREGATIONS: written})
 
