@@ -52,6 +52,8 @@ class BacklogRun:
     driver_jvm_mb: float
     longest_batch_s: dict[str, float]
     batches: dict[str, int]
+    heap_peak_mb: float = 0.0
+    gc_seconds: float = 0.0
 
 
 def _rss_mb(pid: int) -> float:
@@ -76,6 +78,19 @@ def _is_jvm(pid: int) -> bool:
         return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"java")
     except OSError:
         return False
+
+
+def _jvm_heap(pid: int) -> tuple[float, float] | None:
+    """(heap in use MB, GC seconds so far) of a JVM, from ``jstat -gc`` next to its java."""
+    try:
+        jstat = Path(os.readlink(f"/proc/{pid}/exe")).with_name("jstat")
+        out = subprocess.run([str(jstat), "-gc", str(pid)], capture_output=True, text=True,
+                             timeout=10).stdout.split("\n")
+        row = dict(zip(out[0].split(), map(float, out[1].split()), strict=True))
+    except (OSError, subprocess.SubprocessError, IndexError, ValueError):
+        return None
+    used_kb = row["S0U"] + row["S1U"] + row["EU"] + row["OU"]
+    return used_kb / 1024, row["GCT"]
 
 
 def _events_batches(log: Path) -> int:
@@ -103,16 +118,21 @@ def run_backlog(base: Settings, events: int, work: Path, stop_after: int = 0) ->
     proc = subprocess.Popen([sys.executable, "-m", "journey_assets.cli", "stream",
                              "--mode", "available-now"], env=env, stdout=log.open("w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
-    peaks = {"python": 0.0, "jvm": 0.0}
+    peaks = {"python": 0.0, "jvm": 0.0, "heap": 0.0, "gc": 0.0}
 
     def sample() -> None:
+        ticks = 0
         while proc.poll() is None:
+            ticks += 1
             if stop_after and _events_batches(log) >= stop_after:
                 os.killpg(proc.pid, signal.SIGTERM)
                 break
             peaks["python"] = max(peaks["python"], _rss_mb(proc.pid))
-            jvm = sum(_rss_mb(c) for c in _children(proc.pid) if _is_jvm(c))
-            peaks["jvm"] = max(peaks["jvm"], jvm)
+            jvms = [c for c in _children(proc.pid) if _is_jvm(c)]
+            peaks["jvm"] = max(peaks["jvm"], sum(_rss_mb(c) for c in jvms))
+            if jvms and ticks % 4 == 0 and (heap := _jvm_heap(jvms[0])) is not None:
+                peaks["heap"] = max(peaks["heap"], heap[0])
+                peaks["gc"] = heap[1]
             time.sleep(0.5)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -132,9 +152,11 @@ def run_backlog(base: Settings, events: int, work: Path, stop_after: int = 0) ->
             longest[query] = max(longest.get(query, 0.0), ms / 1000)
             batches[query] = batches.get(query, 0) + 1
     MongoClient(settings.mongo_uri).drop_database(settings.mongo_db)
-    run = BacklogRun(sent.sent, seconds, peaks["python"], peaks["jvm"], longest, batches)
+    run = BacklogRun(sent.sent, seconds, peaks["python"], peaks["jvm"], longest, batches,
+                     peaks["heap"], peaks["gc"])
     print(f"  {run.events:,} events: {seconds:.0f} s, driver peak RSS python "
-          f"{run.driver_python_mb:,.0f} MB + JVM {run.driver_jvm_mb:,.0f} MB, longest batch "
+          f"{run.driver_python_mb:,.0f} MB + JVM {run.driver_jvm_mb:,.0f} MB (heap in use at "
+          f"most {run.heap_peak_mb:,.0f} MB, {run.gc_seconds:.1f} s in GC), longest batch "
           + ", ".join(f"{q} {s:.1f} s ({batches[q]} batches)" for q, s in sorted(longest.items())),
           flush=True)
     return run

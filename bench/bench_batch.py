@@ -43,7 +43,7 @@ from pyspark.sql import functions as F
 from journey_assets.assets.batch import ChurnConfig, FeatureConfig, SegmentConfig
 from journey_assets.ml import churn as churn_ml
 from journey_assets.ml import segments as segment_ml
-from journey_assets.resources.spark import SparkResource, build_spark_session
+from journey_assets.resources.spark import BATCH_DRIVER_MEMORY, SparkResource, build_spark_session
 from journey_assets.schema import (
     CATEGORY_ID,
     EVENT_TIME,
@@ -369,7 +369,7 @@ def main() -> None:
     parser.add_argument("--max-depth", type=int, default=churn_defaults.max_depth)
     parser.add_argument("--max-train-users", type=int, default=churn_defaults.max_train_users)
     parser.add_argument("--shuffle-partitions", type=int, default=spark_defaults.shuffle_partitions)
-    parser.add_argument("--driver-memory", default=spark_defaults.driver_memory)
+    parser.add_argument("--driver-memory", default=BATCH_DRIVER_MEMORY)
     parser.add_argument("--repeat", type=int, default=3,
                         help="feature-build runs per side: the first is cold, the rest warm")
     parser.add_argument("--workdir", default=None)

@@ -141,6 +141,10 @@ class Settings:
     # "local" runs everything in-process; "k8s" selects dagster-k8s executors (set by the chart).
     deployment: str = "local"
     spark_master: str = "local[2]"
+    #: The Spark driver's JVM heap (spark.driver.memory; None: the role's default in
+    #: resources/spark.py). In local mode the driver also hosts the executors. On Kubernetes it
+    #: must fit the run pod's memory limit (the chart sets it).
+    spark_driver_memory: str | None = None
     partitions_start: str = "2019-10-01"
 
     @classmethod
@@ -159,6 +163,7 @@ class Settings:
             data_dir=Path(env.get("JOURNEY_DATA_DIR", project_home() / "data")).resolve(),
             deployment=env.get("JOURNEY_DEPLOYMENT", "local"),
             spark_master=env.get("JOURNEY_SPARK_MASTER", "local[2]"),
+            spark_driver_memory=env.get("JOURNEY_SPARK_DRIVER_MEMORY") or None,
             partitions_start=env.get("JOURNEY_PARTITIONS_START", "2019-10-01"),
         )
 

@@ -118,3 +118,21 @@ def test_local_sessions_rebuild_delta_state_with_one_task_per_core(spark) -> Non
     assert _local_cores("local[*]") == (os.cpu_count() or 1)
     assert _local_cores("local-cluster[2,1,1024]") is None
     assert _local_cores("k8s://https://kubernetes.default.svc") is None
+
+
+def test_streaming_driver_gets_a_bounded_heap_and_the_setting_wins() -> None:
+    """The streaming run's heap is capped (bounded micro-batches need no more, and G1 fills
+    whatever it is given); batch work keeps a larger one; JOURNEY_SPARK_DRIVER_MEMORY wins."""
+    from journey_assets.resources import build_resources
+    from journey_assets.resources.spark import (
+        BATCH_DRIVER_MEMORY,
+        STREAM_DRIVER_MEMORY,
+        SparkResource,
+    )
+
+    assert SparkResource().driver_heap() == BATCH_DRIVER_MEMORY == "4g"
+    assert SparkResource().driver_heap(streaming=True) == STREAM_DRIVER_MEMORY == "2g"
+    configured = build_resources(Settings.from_env({"JOURNEY_SPARK_DRIVER_MEMORY": "1g"}))
+    assert configured["spark"].driver_heap(streaming=True) == "1g"
+    assert configured["spark"].driver_heap() == "1g"
+    assert Settings.from_env({}).spark_driver_memory is None

@@ -281,6 +281,26 @@ def test_spark_local_mode_by_default_has_no_executor_rbac(
     assert "spark.kubernetes.container.image" not in spark_defaults(default_docs)
 
 
+def _bytes(quantity: str) -> float:
+    """A Kubernetes (``2Gi``) or JVM (``1g``) memory quantity in bytes."""
+    number, unit = re.fullmatch(r"(\d+)([kmgtKMGT]i?)?", quantity).groups()
+    return int(number) * 1024 ** ("kmgt".index(unit[0].lower()) + 1 if unit else 0)
+
+
+def test_driver_heap_fits_the_run_pod(default_docs: list[dict[str, Any]],
+                                      scale_docs: list[dict[str, Any]]) -> None:
+    # Spark's driver (the run pod's process) gets the chart's heap, not the code's laptop
+    # default: a 4g heap in a 2Gi pod is OOM-killed once G1 grows it.
+    for docs, values in ((default_docs, CHART / "values.yaml"),
+                         (scale_docs, ROOT / "helm" / "values-scale-out.yaml")):
+        env = journey_env(docs)
+        heap = Settings.from_env(
+            {**env, "JOURNEY_MONGO_URI": "mongodb://mongo:27017/"}).spark_driver_memory
+        assert heap == env["JOURNEY_SPARK_DRIVER_MEMORY"] == "1g", values
+        run_limit = yaml.safe_load(values.read_text())["runWorker"]["resources"]["limits"]
+        assert _bytes(heap) <= 0.6 * _bytes(run_limit["memory"]), (values, heap, run_limit)
+
+
 def test_scale_out_spark_on_kubernetes(scale_docs: list[dict[str, Any]]) -> None:
     env = journey_env(scale_docs)
     assert env["JOURNEY_SPARK_MASTER"] == "k8s://https://kubernetes.default.svc:443"

@@ -54,6 +54,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
     return {
         "kafka": kafka_resource(settings),
         "mongo": MongoResource(uri=mongo_uri_config(settings), database=settings.mongo_db),
-        "spark": SparkResource(master=settings.spark_master),
+        "spark": SparkResource(master=settings.spark_master,
+                               driver_memory=settings.spark_driver_memory),
         "lake": LakeResource(data_dir=str(settings.data_dir)),
     }
