@@ -39,7 +39,7 @@ from pymongo import MongoClient
 
 from journey_assets.local.stack import LocalStack
 from journey_assets.resources.kafka import ensure_topic
-from journey_assets.resources.spark import build_spark_session
+from journey_assets.resources.spark import STREAM_DRIVER_MEMORY, build_spark_session
 from journey_assets.schema import TIME_FORMAT_PY, category_l1, event_id, validate_record
 from journey_assets.serving import upsert_documents
 from journey_assets.settings import Settings
@@ -300,11 +300,13 @@ def main() -> None:
     extra_conf.update(item.split("=", 1) for item in args.conf)
 
     base = Settings.from_env()
+    # The streaming job's own heap (journey stream, the streaming asset), not batch's.
+    heap = base.spark_driver_memory or STREAM_DRIVER_MEMORY
     spark = build_spark_session(master=base.spark_master, app_name="bench_streaming",
-                                shuffle_partitions=args.shuffle_partitions,
+                                shuffle_partitions=args.shuffle_partitions, driver_memory=heap,
                                 extra_conf=extra_conf)
     print(f"load average at start: {os.getloadavg()}; master {base.spark_master}; "
-          f"conf {extra_conf}", flush=True)
+          f"driver heap {heap}; conf {extra_conf}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_streaming_") as tmp:
         if not args.skip_throughput:
             throughput(base, spark, Path(tmp), args.events, args.max_offsets, args.days)
