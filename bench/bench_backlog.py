@@ -39,6 +39,7 @@ from journey_assets.resources.kafka import ensure_topic
 from journey_assets.settings import Settings
 from journey_assets.sources.producer import produce
 from journey_assets.sources.synthetic import SyntheticConfig, generate_records
+from journey_assets.streaming.preflight import require_servers
 
 EVENTS_PER_DAY = 1_400_000
 _BATCH = re.compile(r"^\[(\w+)\] batch (\d+): (\d+) rows in, (\d+) ms")
@@ -168,9 +169,11 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=0,
                         help="stop each run after this many events micro-batches (0: drain)")
     args = parser.parse_args()
+    base = Settings.from_env()
+    require_servers(base.kafka, base.mongo_uri)
     work = Path(tempfile.mkdtemp(prefix="bench_backlog_"))
     try:
-        runs = [run_backlog(Settings.from_env(), n, work, args.batches)
+        runs = [run_backlog(base, n, work, args.batches)
                 for n in sorted(args.backlogs)]
     finally:
         shutil.rmtree(work, ignore_errors=True)

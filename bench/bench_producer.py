@@ -20,6 +20,7 @@ import uuid
 from journey_assets.settings import Settings
 from journey_assets.sources.producer import CONFLUENT, KAFKA_PYTHON, encode_record, produce
 from journey_assets.sources.synthetic import SyntheticConfig, generate_records
+from journey_assets.streaming.preflight import require_servers
 
 
 def _line(label: str, n: int, wall: float, cpu: float) -> None:
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--skip-kafka-python", action="store_true")
     args = parser.parse_args()
     settings = Settings.from_env()
+    require_servers(settings.kafka, settings.mongo_uri)
     print(f"load average before: {os.getloadavg()}; cpus: {os.cpu_count()}")
 
     config = SyntheticConfig(n_events=args.events, seed=args.seed, invalid_fraction=0.001)

@@ -52,6 +52,7 @@ from journey_assets.streaming.pipeline import (
     target_from,
     windowed_aggregates,
 )
+from journey_assets.streaming.preflight import require_servers
 from journey_assets.transforms.events import LAKE_COLUMNS, parse_kafka_events, triage_events
 from journey_assets.transforms.windows import aggregation_documents
 
@@ -125,6 +126,7 @@ def main() -> None:
     args = parser.parse_args()
 
     base = Settings.from_env()
+    require_servers(base.kafka, base.mongo_uri)
     tag = uuid.uuid4().hex[:6]
     work = Path(tempfile.mkdtemp(prefix="bench_bounds_"))
     settings = replace(base, topic=f"bench_bounds_{tag}", mongo_db=f"bench_bounds_{tag}",

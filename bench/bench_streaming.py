@@ -46,6 +46,7 @@ from journey_assets.settings import Settings
 from journey_assets.sources.producer import encode_record, produce
 from journey_assets.sources.synthetic import SyntheticConfig, generate_records
 from journey_assets.streaming.pipeline import StreamOptions, run_stream, target_from
+from journey_assets.streaming.preflight import require_servers
 
 
 def _settings(base: Settings, name: str, data_dir: Path) -> Settings:
@@ -300,6 +301,7 @@ def main() -> None:
     extra_conf.update(item.split("=", 1) for item in args.conf)
 
     base = Settings.from_env()
+    require_servers(base.kafka, base.mongo_uri)
     # The streaming job's own heap (journey stream, the streaming asset), not batch's.
     heap = base.spark_driver_memory or STREAM_DRIVER_MEMORY
     spark = build_spark_session(master=base.spark_master, app_name="bench_streaming",

@@ -105,3 +105,14 @@ def test_a_query_failure_is_summarized_by_its_innermost_error() -> None:
         "pymongo.errors.AutoReconnect: 127.0.0.1:27517: [Errno 111] Connection refused\n")
     assert failure_summary(killed) == \
         "AutoReconnect: 127.0.0.1:27517: [Errno 111] Connection refused"
+
+
+def test_benches_need_only_the_servers(settings: Settings) -> None:
+    """bench/ scripts create their own topics: the check is the broker and MongoDB alone,
+    and a dead one ends the script with one line, not a traceback."""
+    from journey_assets.streaming.preflight import require_servers
+
+    require_servers(settings.kafka, settings.mongo_uri)  # no topic needed
+    with pytest.raises(SystemExit) as dead:
+        require_servers(FREE_PORT, settings.mongo_uri)
+    assert str(dead.value).startswith("error: no Kafka broker answers at 127.0.0.1:1")

@@ -29,7 +29,9 @@ def mongo_hosts(uri: str) -> str:
     return urlsplit(uri).netloc.rsplit("@", 1)[-1] or uri.split("://", 1)[-1]
 
 
-def check_kafka(kafka: KafkaConnection | str, topic: str, timeout_s: float = TIMEOUT_S) -> None:
+def check_kafka(kafka: KafkaConnection | str, topic: str | None,
+                timeout_s: float = TIMEOUT_S) -> None:
+    """The broker answers and (unless ``topic`` is None) the topic exists."""
     kafka = kafka_connection(kafka)
     bootstrap = kafka.bootstrap
     try:
@@ -51,7 +53,7 @@ def check_kafka(kafka: KafkaConnection | str, topic: str, timeout_s: float = TIM
                              f"({type(exc).__name__})") from None
     finally:
         admin.close()
-    if topic not in topics:
+    if topic is not None and topic not in topics:
         raise PreflightError(
             f"topic {topic!r} does not exist on {bootstrap} (JOURNEY_TOPIC); produce events "
             f"into it first (`journey simulate`, or the kafka_replay job)")
@@ -76,6 +78,16 @@ def check_sources(kafka: KafkaConnection | str, topic: str, mongo_uri: str,
     answers."""
     check_kafka(kafka, topic, timeout_s)
     check_mongo(mongo_uri, timeout_s)
+
+
+def require_servers(kafka: KafkaConnection | str, mongo_uri: str) -> None:
+    """For scripts (bench/) that create their own topics: exit with one line unless the
+    broker and MongoDB answer."""
+    try:
+        check_kafka(kafka, None)
+        check_mongo(mongo_uri)
+    except (PreflightError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 #: The offset and commit logs of a query checkpoint: the files Spark reads first at a restart.
