@@ -78,6 +78,21 @@ def test_keep_existing_inserts_only_new_ids_and_counts_them(mongo_db: Database) 
     assert mongo_db[coll].find_one({"_id": "ev-750"})["v"] == "later"
 
 
+def test_replacing_in_shared_commands_still_writes_a_document_deleted_meanwhile(
+        mongo_db: Database) -> None:
+    """The taken _ids are replaced REPLACES_PER_COMMAND to a command; a document deleted
+    between the insert and its replacement is inserted again, the others replaced once."""
+    from journey_assets.serving import REPLACES_PER_COMMAND, _replace_existing
+
+    coll = mongo_db["replace_chunks_probe"]
+    n = 2 * REPLACES_PER_COMMAND + 7  # two full commands and a partial one
+    coll.insert_many([{"_id": f"s-{i}", "v": 0} for i in range(n)])
+    coll.delete_one({"_id": "s-30"})  # inside the second command
+    _replace_existing(coll, [{"_id": f"s-{i}", "v": 1} for i in range(n)])
+    assert coll.count_documents({}) == n
+    assert coll.count_documents({"v": 1}) == n
+
+
 def test_definitions_load_and_validate(settings: Settings) -> None:
     defs = build_definitions(settings)
     dg.Definitions.validate_loadable(defs)
