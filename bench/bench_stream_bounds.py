@@ -16,7 +16,7 @@ run available-now with the default ``maxOffsetsPerTrigger`` over the whole topic
 5. the lake's insert-only commits of the same rows alone;
 6. (printed apart, not in the bound) the server's cost, alone, of the re-writes update mode
    makes: as many documents as the run wrote beyond the final ones, written again by the
-   serving layer (on FerretDB one replace_one each).
+   serving layer (on FerretDB, replaces by _id, 25 to a command).
 
 The bound: the component costs together on this machine's cores, as seconds run alone one
 after the other (floor + aggregation + sessions + MongoDB ceiling + the lake's insert-only
