@@ -112,7 +112,8 @@ def streaming_pipeline(context: dg.AssetExecutionContext, config: StreamRunConfi
     try:  # one writer per checkpoint: the catch-up job next to the continuous run stops here
         with checkpoint_lease(target.checkpoint_root,
                               owner=f"dagster run {context.run_id} ({config.mode})"):
-            summary = run_stream(spark.get_session(streaming=True), target, options, on_progress=reporter)
+            summary = run_stream(spark.get_session(streaming=True), target, options,
+                                 on_progress=reporter)
     except LeaseHeld as exc:
         raise dg.Failure(description=str(exc)) from None
     # The run's own materializations close it: totals of this run per asset.
