@@ -38,7 +38,7 @@ from pymongo import MongoClient
 
 from journey_assets import lake
 from journey_assets.resources.kafka import ensure_topic
-from journey_assets.resources.spark import STREAM_DRIVER_MEMORY, build_spark_session
+from journey_assets.resources.spark import build_spark_session, driver_heap
 from journey_assets.schema import EVENT_DATE, EVENT_ID
 from journey_assets.serving import upsert_documents
 from journey_assets.settings import Settings
@@ -137,7 +137,8 @@ def main() -> None:
                    settings.kafka_bootstrap, settings.topic, progress=False)
     n = sent.sent
     print(f"topic {settings.topic}: {n:,} events over {args.days} day(s)", flush=True)
-    spark = build_spark_session(shuffle_partitions=2, driver_memory=STREAM_DRIVER_MEMORY)
+    spark = build_spark_session(
+        shuffle_partitions=2, driver_memory=driver_heap(base.spark_driver_memory, streaming=True))
     target = target_from(settings)
     options = StreamOptions(mode="available-now")
     try:

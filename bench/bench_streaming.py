@@ -39,7 +39,7 @@ from pymongo import MongoClient
 
 from journey_assets.local.stack import LocalStack
 from journey_assets.resources.kafka import ensure_topic
-from journey_assets.resources.spark import STREAM_DRIVER_MEMORY, build_spark_session
+from journey_assets.resources.spark import build_spark_session, driver_heap
 from journey_assets.schema import TIME_FORMAT_PY, category_l1, event_id, validate_record
 from journey_assets.serving import upsert_documents
 from journey_assets.settings import Settings
@@ -303,7 +303,7 @@ def main() -> None:
     base = Settings.from_env()
     require_servers(base.kafka, base.mongo_uri)
     # The streaming job's own heap (journey stream, the streaming asset), not batch's.
-    heap = base.spark_driver_memory or STREAM_DRIVER_MEMORY
+    heap = driver_heap(base.spark_driver_memory, streaming=True)
     spark = build_spark_session(master=base.spark_master, app_name="bench_streaming",
                                 shuffle_partitions=args.shuffle_partitions, driver_memory=heap,
                                 extra_conf=extra_conf)

@@ -143,8 +143,12 @@ def test_streaming_driver_gets_a_bounded_heap_and_the_setting_wins() -> None:
         BATCH_DRIVER_MEMORY,
         STREAM_DRIVER_MEMORY,
         SparkResource,
+        driver_heap,
     )
 
+    # journey stream and the benches resolve the heap with the same function
+    assert driver_heap(None, streaming=True) == STREAM_DRIVER_MEMORY
+    assert driver_heap("3g", streaming=True) == "3g"
     assert SparkResource().driver_heap() == BATCH_DRIVER_MEMORY == "4g"
     assert SparkResource().driver_heap(streaming=True) == STREAM_DRIVER_MEMORY == "2g"
     configured = build_resources(Settings.from_env({"JOURNEY_SPARK_DRIVER_MEMORY": "1g"}))

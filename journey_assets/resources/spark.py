@@ -23,6 +23,12 @@ BATCH_DRIVER_MEMORY = "4g"
 STREAM_DRIVER_MEMORY = "2g"
 
 
+def driver_heap(configured: str | None = None, streaming: bool = False) -> str:
+    """spark.driver.memory: the configured heap (``JOURNEY_SPARK_DRIVER_MEMORY``), else the
+    role's default."""
+    return configured or (STREAM_DRIVER_MEMORY if streaming else BATCH_DRIVER_MEMORY)
+
+
 def build_spark_session(
     master: str = "local[2]", app_name: str = "journey_assets", shuffle_partitions: int = 4,
     driver_memory: str = BATCH_DRIVER_MEMORY, extra_conf: dict[str, str] | None = None,
@@ -116,7 +122,7 @@ class SparkResource(dg.ConfigurableResource):
                                    self.driver_heap(streaming), self.conf)
 
     def driver_heap(self, streaming: bool = False) -> str:
-        return self.driver_memory or (STREAM_DRIVER_MEMORY if streaming else BATCH_DRIVER_MEMORY)
+        return driver_heap(self.driver_memory, streaming)
 
 
 def scheduler_pool(spark: SparkSession, pool: str | None) -> None:
