@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import zlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,7 +13,9 @@ import pandas as pd
 
 from journey_assets.transforms.sessions import (
     LATE_ROW,
+    SESSION_HASH,
     SESSION_ROW,
+    BucketState,
     _update_bucket,
     summarize_session,
 )
@@ -27,7 +30,7 @@ class FakeGroupState:
     """The part of pyspark's GroupState the function uses."""
 
     def __init__(self) -> None:
-        self.value: tuple[str] | None = None
+        self.value: tuple[bytes] | None = None
         self.hasTimedOut = False
         self.watermark_ms = 0
         self.timeout_ms: int | None = None
@@ -37,11 +40,11 @@ class FakeGroupState:
         return self.value is not None
 
     @property
-    def get(self) -> tuple[str]:
+    def get(self) -> tuple[bytes]:
         assert self.value is not None
         return self.value
 
-    def update(self, value: tuple[str]) -> None:
+    def update(self, value: tuple[bytes]) -> None:
         self.value = value
 
     def remove(self) -> None:
@@ -58,6 +61,8 @@ class FakeGroupState:
 def _frame(events: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame({
         "user_session": [e["user_session"] for e in events],
+        # Spark's xxhash64 in the query; any stable 64-bit hash here.
+        SESSION_HASH: [zlib.crc32(e["user_session"].encode()) for e in events],
         "event_id": [e["event_id"] for e in events],
         "event_us": [int(e["event_time"].timestamp() * 1_000_000) for e in events],
         "event_type": [e["event_type"] for e in events],
@@ -126,8 +131,12 @@ def test_open_update_close_tombstone_late_and_expiry() -> None:
     rows = _run(state, [_event("b", 40, "view", 4)], watermark=T0 + timedelta(minutes=32))
     assert [(r["kind"], r["user_session"]) for r in rows] == [(LATE_ROW, "b")]
     assert json.loads(rows[0]["payload"])["event_id"] == "b-4"
-    stored = json.loads(state.get[0])
-    assert stored["b"] == {"e": [], "end": stored["b"]["end"], "closed": True}
+    stored = BucketState(state.get[0])
+    assert set(stored.open) == {"a"}
+    assert stored.closed([zlib.crc32(b"b"), zlib.crc32(b"a")]) == [True, False]
+    # b's tombstone is kept until its last event + gap + tombstone time.
+    b_end_ms = int((T0 + timedelta(minutes=1)).timestamp() * 1000)
+    assert stored.tomb_until.tolist() == [b_end_ms + GAP_MS + TOMBSTONE_MS]
 
     # a closes; a day later both tombstones expire and the state is removed.
     rows = _run(state, [], watermark=T0 + timedelta(minutes=51), timed_out=True)
@@ -135,3 +144,40 @@ def test_open_update_close_tombstone_late_and_expiry() -> None:
         ("a", True)]
     assert _run(state, [], watermark=T0 + timedelta(days=1, hours=1), timed_out=True) == []
     assert not state.exists
+
+
+def test_many_tombstones_late_events_expiry_and_new_sessions_in_one_bucket() -> None:
+    state = FakeGroupState()
+    # 300 sessions of two events, ending one minute apart; all close at 5 h.
+    opened = [_event(f"s{i}", i, kind, n) for i in range(300)
+              for n, kind in enumerate(("view", "cart"))]
+    for event in opened:
+        event["event_id"] = f"{event['user_session']}-{event['event_id']}"
+    _run(state, opened, watermark=T0 - timedelta(minutes=10))
+    rows = _run(state, [], watermark=T0 + timedelta(hours=5, minutes=31), timed_out=True)
+    assert sorted(r["user_session"] for r in rows) == sorted(f"s{i}" for i in range(300))
+    assert all(json.loads(r["payload"])["closed"] for r in rows)
+    assert not BucketState(state.get[0]).open
+
+    # Every 7th closed session gets an event (late), plus two new sessions (documents).
+    late = [_event(f"s{i}", 400, "view", 9) for i in range(0, 300, 7)]
+    fresh = [_event("new1", 400, "view", 9), _event("new2", 401, "cart", 9)]
+    rows = _run(state, late + fresh, watermark=T0 + timedelta(hours=6))
+    assert sorted(r["user_session"] for r in rows if r["kind"] == LATE_ROW) == sorted(
+        f"s{i}" for i in range(0, 300, 7))
+    assert sorted(r["user_session"] for r in rows if r["kind"] == SESSION_ROW) == [
+        "new1", "new2"]
+
+    # A day later the first 100 tombstones (the earliest sessions) are forgotten: an event of
+    # such a session opens a new document; one of a remembered session is still late.
+    s_end_ms = int((T0 + timedelta(minutes=100)).timestamp() * 1000)
+    watermark = datetime.fromtimestamp((s_end_ms + GAP_MS + TOMBSTONE_MS) / 1000, UTC)
+    rows = _run(state, [_event("s5", 24 * 60 + 200, "view", 10),
+                        _event("s250", 24 * 60 + 200, "view", 10)], watermark=watermark)
+    assert [(r["kind"], r["user_session"]) for r in rows
+            if r["user_session"] in ("s5", "s250")] == [(SESSION_ROW, "s5"), (LATE_ROW, "s250")]
+    stored = BucketState(state.get[0])
+    # 200 remembered, plus new1 and new2, closed in this batch; s5 is open again.
+    assert stored.tomb_hashes.size == 300 - 100 + 2
+    assert set(stored.open) == {"s5"}
+    assert list(stored.tomb_hashes) == sorted(stored.tomb_hashes)

@@ -33,7 +33,7 @@ from journey_assets.resources.kafka import ensure_topic
 from journey_assets.settings import Settings
 from journey_assets.sources.producer import produce
 from journey_assets.sources.synthetic import SyntheticConfig, generate_records
-from journey_assets.streaming.pipeline import target_from
+from journey_assets.streaming.pipeline import SESSIONS_QUERY, target_from
 from journey_assets.streaming.preflight import check_checkpoints
 from journey_assets_tests.conftest import FaultTally
 from journey_assets_tests.test_streaming import (  # noqa: F401 (fixtures)
@@ -178,7 +178,7 @@ def test_sigkill_at_a_write_point_then_restart_equals_uninterrupted(
     if fault.startswith("after_session_state"):
         # Batch 1's state is committed (state store version 2: RocksDB's 2.zip, or 2.delta /
         # 2.changelog), the batch is not.
-        sessions = Path(stream_settings.data_dir) / "checkpoints" / "sessions"
+        sessions = Path(target_from(stream_settings).checkpoint(SESSIONS_QUERY))
         assert [p for p in (sessions / "state").rglob("2.*") if p.suffix != ".crc"]
         assert not (sessions / "commits" / "1").exists()
 

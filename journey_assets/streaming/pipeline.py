@@ -55,6 +55,11 @@ EVENTS_QUERY = "events"
 AGGREGATIONS_QUERY = "aggregations"
 SESSIONS_QUERY = "sessions"
 QUERY_NAMES = (EVENTS_QUERY, AGGREGATIONS_QUERY, SESSIONS_QUERY)
+#: A query's checkpoint directory, when it is not the query's name. The sessions query's state
+#: changed its layout (``transforms.sessions.BucketState``), which an older checkpoint cannot
+#: hold: the new layout starts in a new directory, from the topic's start (the old one,
+#: ``sessions``, can be deleted).
+CHECKPOINT_DIRS = {SESSIONS_QUERY: "sessions_v2"}
 
 
 @dataclass(frozen=True)
@@ -87,9 +92,6 @@ class StreamOptions:
     #: later event of it is dead-lettered (``late_for_session``) instead of starting a new
     #: document that would replace the final one.
     session_tombstone_hours: float = 24.0
-    #: State groups of the sessions query (sessions are stored by a hash of their id): fixed
-    #: when its checkpoint is created.
-    session_state_buckets: int = 64
     write_strategy: str = "auto"
     poll_seconds: float = 1.0
     #: Watchdog: a query whose micro-batch has run this long fails the run (0: off), so a hung
@@ -125,7 +127,7 @@ class StreamTarget:
     checkpoint_root: str
 
     def checkpoint(self, query: str) -> str:
-        return f"{self.checkpoint_root}/{query}"
+        return f"{self.checkpoint_root}/{CHECKPOINT_DIRS.get(query, query)}"
 
     def query_checkpoints(self) -> list[str]:
         return [self.checkpoint(query) for query in QUERY_NAMES]
@@ -176,8 +178,7 @@ def session_updates(kafka_rows: DataFrame, options: StreamOptions) -> DataFrame:
     events = (with_event_keys(valid_events(parse_kafka_events(kafka_rows)))
               .withWatermark(EVENT_TIME, options.watermark))
     return session_state_updates(events, gap_ms=int(options.session_gap_minutes * 60_000),
-                                 tombstone_ms=int(options.session_tombstone_hours * 3_600_000),
-                                 buckets=options.session_state_buckets)
+                                 tombstone_ms=int(options.session_tombstone_hours * 3_600_000))
 
 
 def _trigger(writer, options: StreamOptions, seconds: float):
