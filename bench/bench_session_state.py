@@ -11,7 +11,7 @@ tombstones at either rate. Prints the seconds per batch for each state (in one p
 side by side).
 
 **The query**:
-The sessions query keeps one state per user_session: open sessions (their events) and, for a
+The sessions query keeps, in 64 buckets, every open session (their events) and, for a
 day of event time after they close, tombstones (``session_tombstone_hours``). A day at 200
 events/s leaves millions of them. For each state size S, in one Spark session and side by
 side, the query (``transforms.sessions.session_state_updates``, the pipeline's watermark and
@@ -245,7 +245,7 @@ def main() -> None:
                   f"({seconds[0] / size * 1000:.2f} ms a session); close them: "
                   f"{sum(seconds[1:3]):.1f} s ({sum(seconds[1:3]) / size * 1000:.2f} ms a "
                   f"session)")
-            print(f"  measured batches ({args.events_per_batch:,} events, state rows "
+            print(f"  measured batches ({args.events_per_batch:,} events, state rows (buckets) "
                   f"{state_rows[3]:,} -> {state_rows[-1]:,}): median {results[size]:.2f} s, "
                   f"longest {max(measured):.2f} s; each: "
                   + " ".join(f"{s:.2f}" for s in measured), flush=True)
