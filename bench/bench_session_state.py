@@ -11,7 +11,7 @@ tombstones at either rate. Prints the seconds per batch for each state (in one p
 side by side).
 
 **The query**:
-The sessions query keeps, in 64 buckets, every open session (their events) and, for a
+The sessions query keeps, in 64 buckets, every open session (its events) and, for a
 day of event time after they close, tombstones (``session_tombstone_hours``). A day at 200
 events/s leaves millions of them. For each state size S, in one Spark session and side by
 side, the query (``transforms.sessions.session_state_updates``, the pipeline's watermark and
