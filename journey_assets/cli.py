@@ -268,6 +268,9 @@ def simulate(source: str, path: str | None, events: int | None, seed: int, rate:
                    "0: no cap (a backlog becomes one batch).")
 @click.option("--trigger-seconds", type=float, default=2.0, show_default=True,
               help="Processing-time trigger interval (continuous mode).")
+@click.option("--events-trigger-seconds", type=float, default=None,
+              help="Trigger interval of the events query (lake, enriched events; continuous "
+                   "mode; default: max(--trigger-seconds, 60), see docs/streaming.md).")
 @click.option("--sessions-trigger-seconds", type=float, default=None,
               help="Trigger interval of the sessions query (continuous mode; default: the "
                    "pipeline's, see docs/streaming.md).")
@@ -280,8 +283,8 @@ def simulate(source: str, path: str | None, events: int | None, seed: int, rate:
                    "(fixed by the checkpoint at the first start). On local[2], 1 gives the "
                    "lowest latency, 2 the highest throughput.")
 def stream(mode: str, max_offsets: int, trigger_seconds: float,
-           sessions_trigger_seconds: float | None, session_gap: float, stall_timeout: float,
-           shuffle_partitions: int) -> None:
+           events_trigger_seconds: float | None, sessions_trigger_seconds: float | None,
+           session_gap: float, stall_timeout: float, shuffle_partitions: int) -> None:
     """Kafka -> Spark Structured Streaming -> MongoDB + lake (checkpoints under JOURNEY_DATA_DIR)."""
     from journey_assets.resources.spark import build_spark_session, driver_heap
     from journey_assets.settings import Settings
@@ -307,6 +310,7 @@ def stream(mode: str, max_offsets: int, trigger_seconds: float,
         sys.exit(1)
     options = StreamOptions(mode=mode, max_offsets_per_trigger=max_offsets,
                             trigger_seconds=trigger_seconds,
+                            events_trigger_seconds=events_trigger_seconds,
                             sessions_trigger_seconds=sessions_trigger_seconds,
                             session_gap_minutes=session_gap,
                             stall_timeout_seconds=stall_timeout)

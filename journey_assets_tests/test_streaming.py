@@ -158,6 +158,20 @@ def stream_db(stream_settings: Settings):
     client.close()
 
 
+def test_history_queries_trigger_every_minute_unless_configured() -> None:
+    """Continuous mode: the aggregations at ``trigger_seconds``, the events and sessions
+    queries (whose batches cost mostly a fixed amount) at 60 s unless set."""
+    default = StreamOptions(mode="continuous")
+    assert (default.trigger_seconds, default.events_trigger, default.sessions_trigger) == (
+        2.0, 60.0, 60.0)
+    slow = StreamOptions(mode="continuous", trigger_seconds=90.0)
+    assert (slow.events_trigger, slow.sessions_trigger) == (90.0, 90.0)
+    tuned = StreamOptions(mode="continuous", events_trigger_seconds=20.0,
+                          sessions_trigger_seconds=45.0)
+    assert (tuned.events_trigger, tuned.sessions_trigger) == (20.0, 45.0)
+    assert StreamOptions(mode="continuous", events_trigger_seconds=20.0).sessions_trigger == 20.0
+
+
 def test_available_now_run_equals_independent_computation(spark, stream_settings: Settings,
                                                           stream_db: Database) -> None:
     config = SyntheticConfig(n_events=12_000, seed=7, days=2, duplicate_fraction=0.02,

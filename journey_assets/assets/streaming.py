@@ -75,7 +75,9 @@ EVENTS_QUERY_ASSETS = {ENRICHED_EVENTS, DEAD_LETTER_EVENTS, DATA_QUALITY_LEDGER}
 class StreamRunConfig(dg.Config):
     mode: str = CONTINUOUS
     trigger_seconds: float = 2.0
-    #: Trigger of the sessions query (None: the pipeline's default, docs/streaming.md).
+    #: Trigger of the events query (None: the pipeline's default, 60 s; docs/streaming.md).
+    events_trigger_seconds: float | None = None
+    #: Trigger of the sessions query (None: the events query's; docs/streaming.md).
     sessions_trigger_seconds: float | None = None
     #: Kafka records per micro-batch (0: no cap); bounds the driver's memory and a batch.
     max_offsets_per_trigger: int = DEFAULT_MAX_OFFSETS_PER_TRIGGER
@@ -101,6 +103,7 @@ def streaming_pipeline(context: dg.AssetExecutionContext, config: StreamRunConfi
     except PreflightError as exc:
         raise dg.Failure(description=str(exc)) from None
     options = StreamOptions(mode=config.mode, trigger_seconds=config.trigger_seconds,
+                            events_trigger_seconds=config.events_trigger_seconds,
                             sessions_trigger_seconds=config.sessions_trigger_seconds,
                             max_offsets_per_trigger=config.max_offsets_per_trigger,
                             watermark=config.watermark,
