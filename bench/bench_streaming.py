@@ -255,7 +255,11 @@ def latency(base: Settings, spark, data_dir: Path, rate: float, seconds: float,
     p50 = statistics.median(latencies)
     p95 = _p95(latencies)
     trace = [_p95(sorted(by_bucket[k])) for k in sorted(by_bucket)]
-    print(f"LATENCY continuous {sessions} (trigger {trigger_seconds} s, "
+    others = ((f", events query every {options.events_trigger:.0f} s" if options.history
+               else "")
+              + (f", sessions every {options.sessions_trigger:.0f} s" if options.sessions
+                 else ""))
+    print(f"LATENCY continuous {sessions} (trigger {trigger_seconds} s{others}, "
           f"{rate:,.0f} events/s for {seconds:.0f} s after a {warmup_seconds:.0f} s warm-up): "
           f"p50 {p50:.2f} s, p95 {p95:.2f} s, max {latencies[-1]:.2f} s over "
           f"{len(latencies):,} events ({missing} never seen)")

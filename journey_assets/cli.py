@@ -272,8 +272,8 @@ def simulate(source: str, path: str | None, events: int | None, seed: int, rate:
               help="Trigger interval of the events query (lake, enriched events; continuous "
                    "mode; default: max(--trigger-seconds, 60), see docs/streaming.md).")
 @click.option("--sessions-trigger-seconds", type=float, default=None,
-              help="Trigger interval of the sessions query (continuous mode; default: the "
-                   "pipeline's, see docs/streaming.md).")
+              help="Trigger interval of the sessions query (continuous mode; default: "
+                   "max(--trigger-seconds, 45), see docs/streaming.md).")
 @click.option("--session-gap", type=float, default=30.0, show_default=True,
               help="Minutes of event time after its last event that close a session.")
 @click.option("--stall-timeout", type=float, default=900.0, show_default=True,

@@ -158,18 +158,18 @@ def stream_db(stream_settings: Settings):
     client.close()
 
 
-def test_history_queries_trigger_every_minute_unless_configured() -> None:
-    """Continuous mode: the aggregations at ``trigger_seconds``, the events and sessions
-    queries (whose batches cost mostly a fixed amount) at 60 s unless set."""
+def test_history_queries_trigger_less_often_unless_configured() -> None:
+    """Continuous mode: the aggregations at ``trigger_seconds``; the events and sessions
+    queries (whose batches cost mostly a fixed amount) at 60 and 45 s unless set, never more
+    often than the aggregations."""
     default = StreamOptions(mode="continuous")
     assert (default.trigger_seconds, default.events_trigger, default.sessions_trigger) == (
-        2.0, 60.0, 60.0)
+        2.0, 60.0, 45.0)
     slow = StreamOptions(mode="continuous", trigger_seconds=90.0)
     assert (slow.events_trigger, slow.sessions_trigger) == (90.0, 90.0)
     tuned = StreamOptions(mode="continuous", events_trigger_seconds=20.0,
-                          sessions_trigger_seconds=45.0)
-    assert (tuned.events_trigger, tuned.sessions_trigger) == (20.0, 45.0)
-    assert StreamOptions(mode="continuous", events_trigger_seconds=20.0).sessions_trigger == 20.0
+                          sessions_trigger_seconds=30.0)
+    assert (tuned.events_trigger, tuned.sessions_trigger) == (20.0, 30.0)
 
 
 def test_available_now_run_equals_independent_computation(spark, stream_settings: Settings,

@@ -77,7 +77,7 @@ class StreamRunConfig(dg.Config):
     trigger_seconds: float = 2.0
     #: Trigger of the events query (None: the pipeline's default, 60 s; docs/streaming.md).
     events_trigger_seconds: float | None = None
-    #: Trigger of the sessions query (None: the events query's; docs/streaming.md).
+    #: Trigger of the sessions query (None: the pipeline's default, 45 s; docs/streaming.md).
     sessions_trigger_seconds: float | None = None
     #: Kafka records per micro-batch (0: no cap); bounds the driver's memory and a batch.
     max_offsets_per_trigger: int = DEFAULT_MAX_OFFSETS_PER_TRIGGER

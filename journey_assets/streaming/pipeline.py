@@ -60,10 +60,15 @@ QUERY_NAMES = (EVENTS_QUERY, AGGREGATIONS_QUERY, SESSIONS_QUERY)
 #: hold: the new layout starts in a new directory, from the topic's start (the old one,
 #: ``sessions``, can be deleted).
 CHECKPOINT_DIRS = {SESSIONS_QUERY: "sessions_v2"}
-#: Default trigger of the events and sessions queries in continuous mode (measured on 2 cores
-#: at 200 events/s, docs/streaming.md: the aggregations' p95 latency 4.05 s at 15 s, 3.10 s
-#: at 60 s). The lake and enriched_events are then up to about a minute behind the topic.
-HISTORY_TRIGGER_SECONDS = 60.0
+#: Default triggers of the events and sessions queries in continuous mode (at least
+#: ``trigger_seconds``). Their batches cost mostly a fixed amount, so fewer, larger ones leave
+#: the cores to the aggregations (the live path); the two intervals differ so that their
+#: batches start together only every 3 minutes instead of stacking every minute. Measured on
+#: 2 cores at 200 events/s (docs/streaming.md): the aggregations' p95 latency 3.8-4.1 s with
+#: both at 15 s, 3.1-3.3 s at 60/60 s with a bump once a minute, 3.25 s at 60/45 s, flat.
+#: The lake and enriched_events are then up to about a minute behind the topic.
+EVENTS_TRIGGER_SECONDS = 60.0
+SESSIONS_TRIGGER_SECONDS = 45.0
 
 
 @dataclass(frozen=True)
@@ -72,14 +77,15 @@ class StreamOptions:
     #: Processing-time trigger of the aggregations query (continuous mode): the latency knob.
     trigger_seconds: float = 2.0
     #: Trigger of the events query (continuous mode; None: max(trigger_seconds,
-    #: HISTORY_TRIGGER_SECONDS)). It writes the history (lake, enriched events), where seconds
+    #: EVENTS_TRIGGER_SECONDS)). It writes the history (lake, enriched events), where seconds
     #: matter less than the cost per event: a batch's cost is mostly fixed (Delta MERGE and
     #: commits, ~10 s on 2 cores for 3,000 or 12,000 events), so fewer, larger batches leave
     #: the cores to the aggregations query (the latency path) between them.
     events_trigger_seconds: float | None = None
-    #: Trigger of the sessions query (continuous mode; None: the events query's). A session
-    #: closes at least ``session_gap_minutes`` after its last event, so its documents gain
-    #: little from short triggers; each trigger costs a burst of jobs next to the latency path.
+    #: Trigger of the sessions query (continuous mode; None: max(trigger_seconds,
+    #: SESSIONS_TRIGGER_SECONDS)). A session closes at least ``session_gap_minutes`` after its
+    #: last event, so its documents gain little from short triggers; each trigger costs a burst
+    #: of jobs next to the latency path.
     sessions_trigger_seconds: float | None = None
     #: Cap per micro-batch (all partitions together), in both modes; 0 = everything available
     #: (unbounded: a backlog becomes one batch).
@@ -112,11 +118,12 @@ class StreamOptions:
     @property
     def events_trigger(self) -> float:
         return self.events_trigger_seconds or max(self.trigger_seconds,
-                                                  HISTORY_TRIGGER_SECONDS)
+                                                  EVENTS_TRIGGER_SECONDS)
 
     @property
     def sessions_trigger(self) -> float:
-        return self.sessions_trigger_seconds or self.events_trigger
+        return self.sessions_trigger_seconds or max(self.trigger_seconds,
+                                                    SESSIONS_TRIGGER_SECONDS)
 
 
 @dataclass(frozen=True)
