@@ -64,9 +64,9 @@ CHECKPOINT_DIRS = {SESSIONS_QUERY: "sessions_v2"}
 #: ``trigger_seconds``). Their batches cost mostly a fixed amount, so fewer, larger ones leave
 #: the cores to the aggregations (the live path); the two intervals differ so that their
 #: batches start together only every 3 minutes instead of stacking every minute. Measured on
-#: 2 cores at 200 events/s (docs/streaming.md): the aggregations' p95 latency 3.8-4.1 s with
-#: both at 15 s, 3.1-3.3 s at 60/60 s with a bump once a minute, 3.25 s at 60/45 s, flat.
-#: The lake and enriched_events are then up to about a minute behind the topic.
+#: 2 cores at 200 events/s, runs in turn (docs/streaming.md): the aggregations' p95 latency
+#: 3.8-4.1 s with both at 15 s; 3.1-5.8 s at 60/60 s, with a spike once a minute; 3.3-4.9 s
+#: at 60/45 s, without one. The lake and enriched_events lag the topic by up to a minute.
 EVENTS_TRIGGER_SECONDS = 60.0
 SESSIONS_TRIGGER_SECONDS = 45.0
 
