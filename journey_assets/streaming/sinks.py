@@ -22,7 +22,8 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
@@ -125,6 +126,15 @@ class SinkStats:
         with self._lock:
             self.seconds[name] += seconds
 
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """Adds the block's seconds to ``name`` (where a micro-batch's time goes)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add_seconds(name, time.perf_counter() - start)
+
     def as_dict(self) -> dict[str, Any]:
         return {"seconds": dict(self.seconds), "documents": dict(self.documents),
                 "writers": {c: dict(w) for c, w in self.writers.items()}}
@@ -187,40 +197,49 @@ class EventsSink:
             start = time.perf_counter()
             # One small Spark job over the batch: the days both tables are written in, and the
             # ledger's counts by reason and by Kafka partition.
-            groups = (triaged.groupBy(
-                F.col(REASON), F.col(EVENT_DATE),
-                F.to_date(RECEIVED_AT).alias(RECEIVED_DATE),
-                F.col(f"{POSITION}.partition").alias("partition"))
-                .agg(F.count(F.lit(1)).alias("rows"),
-                     F.min(f"{POSITION}.offset").alias("first"),
-                     F.max(f"{POSITION}.offset").alias("last"),
-                     F.min(F.unix_timestamp(EVENT_TIME)).alias("first_second"),
-                     F.max(F.unix_timestamp(EVENT_TIME)).alias("last_second"))
-                .collect())
+            with self.stats.timed("events.groups"):
+                groups = (triaged.groupBy(
+                    F.col(REASON), F.col(EVENT_DATE),
+                    F.to_date(RECEIVED_AT).alias(RECEIVED_DATE),
+                    F.col(f"{POSITION}.partition").alias("partition"))
+                    .agg(F.count(F.lit(1)).alias("rows"),
+                         F.min(f"{POSITION}.offset").alias("first"),
+                         F.max(f"{POSITION}.offset").alias("last"),
+                         F.min(F.unix_timestamp(EVENT_TIME)).alias("first_second"),
+                         F.max(F.unix_timestamp(EVENT_TIME)).alias("last_second"))
+                    .collect())
             fault_point("before_lake", batch_id)
-            inserted = lake.insert_new_rows(
-                spark, self.events_path, events, EVENT_ID, EVENT_DATE, self._app_id, batch_id,
-                lake.EVENTS_TABLE_PROPERTIES,
-                partitions={g[EVENT_DATE] for g in groups if g[REASON] is None},
-                time_column=EVENT_TIME, seconds_by_partition=_seconds_by_day(groups))
-            lake.insert_new_rows(spark, self.dead_letters_path, dead, "_id", RECEIVED_DATE,
-                                 self._app_id, batch_id,
-                                 partitions={g[RECEIVED_DATE] for g in groups if g[REASON]})
+            with self.stats.timed("events.lake_events"):
+                inserted = lake.insert_new_rows(
+                    spark, self.events_path, events, EVENT_ID, EVENT_DATE, self._app_id,
+                    batch_id, lake.EVENTS_TABLE_PROPERTIES,
+                    partitions={g[EVENT_DATE] for g in groups if g[REASON] is None},
+                    time_column=EVENT_TIME, seconds_by_partition=_seconds_by_day(groups))
+            with self.stats.timed("events.lake_dead_letters"):
+                # Creates the table on the first batch; a batch without rejects writes nothing.
+                lake.insert_new_rows(spark, self.dead_letters_path, dead, "_id", RECEIVED_DATE,
+                                     self._app_id, batch_id,
+                                     partitions={g[RECEIVED_DATE] for g in groups if g[REASON]})
             self.stats.add_seconds("lake", time.perf_counter() - start)
             fault_point("after_lake", batch_id)
-            ledger = self._ledger_row(spark, batch_id, groups, inserted)
+            with self.stats.timed("events.ledger_row"):
+                ledger = self._ledger_row(spark, batch_id, groups, inserted)
             # Insert-only: a replayed batch keeps the first record of it.
             self.stats.timed_write(spark.createDataFrame([ledger], LEDGER_SCHEMA), self.mongo,
                                    DATA_QUALITY_LEDGER, keep_existing=True,
                                    json_fields=LEDGER_JSON_FIELDS)
 
-            enriched = join_dimensions(events, _dimension(spark, self.product_path),
-                                       _dimension(spark, self.user_path))
+            # Most batches reject nothing: then the dead-letter documents' Spark job (and its
+            # Python worker) is skipped.
+            rejected = any(g[REASON] is not None for g in groups)
+            with self.stats.timed("events.dimensions"):
+                enriched = join_dimensions(events, _dimension(spark, self.product_path),
+                                           _dimension(spark, self.user_path))
             return {
                 LEDGER_FIGURES: {k: v for k, v in ledger.items() if k in LEDGER_SUMMARY},
                 DEAD_LETTER_EVENTS: self.stats.timed_write(
                     dead.drop(RECEIVED_DATE), self.mongo, DEAD_LETTER_EVENTS,
-                    json_fields=(SOURCE,)),
+                    json_fields=(SOURCE,)) if rejected else 0,
                 # An event's _id is its content hash: a repeat is the same event - keep it.
                 ENRICHED_EVENTS: self.stats.timed_write(
                     enriched.withColumn("_id", F.col(EVENT_ID)), self.mongo, ENRICHED_EVENTS,
@@ -314,7 +333,8 @@ class SessionsSink:
             raise RuntimeError("the sessions query's id never reached its sink")
         updates = batch.persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            kinds = {r[KIND]: r["count"] for r in updates.groupBy(KIND).count().collect()}
+            with self.stats.timed("sessions.state"):
+                kinds = {r[KIND]: r["count"] for r in updates.groupBy(KIND).count().collect()}
             fault_point("after_session_state", batch_id)
             out: dict[str, Any] = {}
             if kinds:
