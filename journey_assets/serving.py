@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pymongo
 from pymongo import MongoClient, ReplaceOne
 from pymongo.collection import Collection
@@ -49,6 +50,9 @@ _DUPLICATE_KEY = 11000
 REPLACE = "replace"
 INSERT_REPLACE = "insert_replace"
 KEEP_EXISTING = "keep_existing"  # insert-only (upsert_documents(keep_existing=True))
+#: FerretDB, documents written before (upsert_documents(stored=True)): replace by _id first.
+#: A failed insert costs FerretDB ~0.09 ms a document, a replace ~0.4 ms (measured).
+REPLACE_STORED = "replace_stored"
 #: FerretDB only: an always-empty collection whose one insert per replacing batch lets SQLite
 #: rewind its WAL (``_let_ferretdb_rewind_its_wal``).
 WAL_REWIND_COLLECTION = "_journey_wal_rewind"
@@ -106,6 +110,7 @@ def write_strategy_for(db: Database, strategy: str = "auto") -> str:
 def upsert_documents(
     db: Database, collection: str, documents: Iterable[Mapping[str, Any]],
     batch_size: int = DEFAULT_BATCH_SIZE, strategy: str = "auto", keep_existing: bool = False,
+    stored: bool = False,
 ) -> int:
     """Write each document under its deterministic ``_id``, replacing any earlier version.
 
@@ -113,8 +118,13 @@ def upsert_documents(
     ``keep_existing``: an ``_id`` that is taken keeps its document and nothing is replaced -
     for documents that are their ``_id`` (an enriched event: the ``_id`` hashes the event), a
     repeat is the same event, and skipping it spares a write per repeat.
+    ``stored``: the ``_id``s are expected to be taken (new versions of documents written
+    before); on FerretDB they are replaced without the insert attempt that would fail for
+    each (an ``_id`` that is free after all is inserted).
     """
     chosen = KEEP_EXISTING if keep_existing else write_strategy_for(db, strategy)
+    if stored and chosen == INSERT_REPLACE:
+        chosen = REPLACE_STORED
     coll = db[collection]
     written = 0
     batch: list[dict[str, Any]] = []
@@ -150,8 +160,8 @@ def _flush(coll: Collection, batch: list[dict[str, Any]], strategy: str) -> int:
     unique = list({doc["_id"]: doc for doc in batch}.values())
     if strategy == KEEP_EXISTING:
         return len(unique) - len(_insert_new(coll, unique))
-    if strategy == INSERT_REPLACE:
-        taken = _insert_new(coll, unique)
+    if strategy in (INSERT_REPLACE, REPLACE_STORED):
+        taken = _insert_new(coll, unique) if strategy == INSERT_REPLACE else unique
         if taken:
             _replace_existing(coll, taken)
             _let_ferretdb_rewind_its_wal(coll.database)
@@ -355,7 +365,8 @@ def write_batches(frame: DataFrame, target: MongoTarget, collection: str,
 
 def write_frame(frame: DataFrame, target: MongoTarget, collection: str,
                 keep_existing: bool = False, json_fields: Sequence[str] = (),
-                batch_size: int = DEFAULT_BATCH_SIZE, small: bool = False) -> WriteSummary:
+                batch_size: int = DEFAULT_BATCH_SIZE, small: bool = False,
+                stored_column: str | None = None) -> WriteSummary:
     """Write the rows of ``frame`` (one column ``_id``) to ``collection`` from the executors.
 
     Each task converts its partition's Arrow batches with ``arrow_documents`` and writes them
@@ -366,6 +377,9 @@ def write_frame(frame: DataFrame, target: MongoTarget, collection: str,
     its parallelism; on MongoDB every partition writes at once. ``small``: the rows are few
     and cheap to compute (a streaming aggregation's changed groups), so the partitions are
     coalesced into the one writing task instead: no shuffle stage on the latency path.
+    ``stored_column``: a boolean column, true where the row's ``_id`` has a document already
+    (``upsert_documents(stored=True)``); it is not written. With it, the rows must be unique
+    by ``_id`` (the new and the stored ones are written one group after the other).
     """
     if "_id" not in frame.columns:
         raise ValueError(f"rows for {collection!r} need an _id column: {frame.columns}")
@@ -373,9 +387,17 @@ def write_frame(frame: DataFrame, target: MongoTarget, collection: str,
     if strategy == INSERT_REPLACE:
         frame = frame.coalesce(1) if small else frame.repartition(1)
 
-    def write_batch(db: Database, batch: pa.RecordBatch) -> int:
+    def write_documents(db: Database, batch: pa.RecordBatch, stored: bool = False) -> int:
         return upsert_documents(db, collection, arrow_documents(batch, json_fields),
                                 batch_size=batch_size, strategy=strategy,
-                                keep_existing=keep_existing)
+                                keep_existing=keep_existing, stored=stored)
+
+    def write_batch(db: Database, batch: pa.RecordBatch) -> int:
+        if stored_column is None:
+            return write_documents(db, batch)
+        is_stored = batch.column(stored_column).fill_null(False)
+        batch = batch.drop_columns([stored_column])
+        return (write_documents(db, batch.filter(pc.invert(is_stored)))
+                + write_documents(db, batch.filter(is_stored), stored=True))
 
     return write_batches(frame, target, collection, write_batch)

@@ -102,6 +102,8 @@ def assert_sessions_equal(got: Mapping[str, Mapping[str, Any]],
         assert _utc(doc["session_end"]) == w["session_end"], sid
         assert doc["revenue"] == pytest.approx(w["revenue"], abs=0.005), sid
         assert 0.0 <= doc["session_quality_score"] <= 1.0
+        # Internal columns (the sink's "_stored" marker) never reach a document.
+        assert [k for k in doc if k.startswith("_") and k != "_id"] == [], sid
 
 
 def assert_funnel_equal(got: Mapping[str, Mapping[str, Any]],

@@ -121,6 +121,26 @@ def test_write_frame_replaces_from_the_executors_one_task_on_ferretdb(
     assert sorted(d["n"] for d in docs.values()) == list(range(3000))
 
 
+def test_write_frame_replaces_rows_marked_stored_and_inserts_the_rest(
+        spark, settings: Settings, mongo_db: Database) -> None:
+    """Rows marked stored (a session written by an earlier batch) are replaced by _id without
+    an insert attempt; one marked stored whose document is missing is still written, and the
+    marker column never reaches a document."""
+    coll = "write_frame_stored_probe"
+    target = MongoTarget(settings.mongo_uri, settings.mongo_db)
+    mongo_db[coll].insert_many([{"_id": f"s{i}", "v": 0} for i in range(0, 200)])
+    # s0-s199 are stored; s200-s299 are new; s300-s309 claim to be stored but are not.
+    rows = spark.range(0, 310, numPartitions=3).selectExpr(
+        "concat('s', id) AS _id", "1 AS v", "(id < 200 OR id >= 300) AS _stored")
+    summary = write_frame(rows, target, coll, stored_column="_stored")
+
+    assert summary.written == 310
+    docs = {d["_id"]: d for d in mongo_db[coll].find({})}
+    assert len(docs) == 310
+    assert {d["v"] for d in docs.values()} == {1}
+    assert all(set(d) == {"_id", "v"} for d in docs.values())
+
+
 def test_local_sessions_rebuild_delta_state_with_one_task_per_core(spark) -> None:
     """Delta's 50 state-reconstruction tasks are sized for a cluster; a local session uses its
     own task slots, and a cluster master keeps Delta's default."""

@@ -67,6 +67,7 @@ from journey_assets.transforms.sessions import (
     KIND,
     LATE_FOR_SESSION,
     LATE_ROW,
+    STORED,
     funnel_deltas,
     funnel_document,
     streamed_session_documents,
@@ -347,7 +348,8 @@ class SessionsSink:
     def _write(self, updates: DataFrame, batch_id: int, kinds: dict[str, int]) -> dict[str, Any]:
         out: dict[str, Any] = {LATE_FOR_SESSION: kinds.get(LATE_ROW, 0)}
         out[USER_SESSION_ANALYTICS] = self.stats.timed_write(
-            streamed_session_documents(updates), self.mongo, USER_SESSION_ANALYTICS)
+            streamed_session_documents(updates), self.mongo, USER_SESSION_ANALYTICS,
+            stored_column=STORED)
         if kinds.get(LATE_ROW):
             late = updates.where(F.col(KIND) == LATE_ROW).select(
                 F.concat(F.lit(f"{LATE_FOR_SESSION}:"),

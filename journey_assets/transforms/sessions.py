@@ -520,8 +520,14 @@ def _session_columns(prefix: str = "") -> list[Column]:
     return [F.date_format(start, "yyyy-MM-dd").alias(f"{prefix}{SESSION_DATE}")]
 
 
+#: Column of ``streamed_session_documents``: the session was emitted by an earlier batch, so
+#: its document exists (``serving.write_frame(stored_column=...)``); not part of the document.
+STORED = "_stored"
+
+
 def streamed_session_documents(updates: DataFrame) -> DataFrame:
-    """``user_session_analytics`` documents of the ``session`` rows (batch's columns + closed)."""
+    """``user_session_analytics`` documents of the ``session`` rows (batch's columns + closed),
+    with ``STORED``. One row per session: the state emits a session once per batch."""
     start, end = F.timestamp_micros(F.col("start_us")), F.timestamp_micros(F.col("end_us"))
     return updates.where(F.col(KIND) == SESSION_ROW).select(
         F.col(USER_SESSION).alias("_id"), USER_SESSION, USER_ID,
@@ -531,7 +537,8 @@ def streamed_session_documents(updates: DataFrame) -> DataFrame:
         ((F.col("end_us") / _US).cast("long") - (F.col("start_us") / _US).cast("long"))
         .alias("duration_s"),
         (F.col("purchases") > 0).alias("converted"),
-        *_session_columns(), "session_quality_score", CLOSED)
+        *_session_columns(), "session_quality_score", CLOSED,
+        F.col("prev_start_us").isNotNull().alias(STORED))
 
 
 def funnel_deltas(updates: DataFrame) -> DataFrame:
