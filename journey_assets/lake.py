@@ -6,7 +6,8 @@ Tables (paths from ``resources.lake.LakeResource``):
   ``event_date``, ``category_l1``, ``price_tier``), partitioned by ``event_date``. Written
   insert-only by ``event_id`` (a MERGE with only a not-matched clause), so an event read twice
   (a replayed micro-batch, a re-read topic after a checkpoint reset, a CSV loaded again) is
-  stored once. Change data feed is on: the session refresh reads what each commit inserted.
+  stored once. Change data feed is on, for consumers that follow what each commit inserted
+  (``read_inserted_since``); an insert-only MERGE writes no change files for it.
 * ``dead_letters``: rejected records, insert-only by their ``_id`` (the hash of their source
   position), partitioned by ``received_date``.
 * dimensions (``product_catalog``, ``category_hierarchy``, ``user_dimension``): overwritten
@@ -44,7 +45,7 @@ TXN_VERSION_CONF = "spark.databricks.delta.write.txnVersion"
 COMMIT_TAG_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 #: How many of the latest commits are searched for a replayed commit's tag.
 _TAG_SEARCH_DEPTH = 100
-#: Change data feed on the events table: the session refresh reads the rows each commit added.
+#: Change data feed on the events table: a consumer can read the rows each commit added.
 EVENTS_TABLE_PROPERTIES = {"delta.enableChangeDataFeed": "true"}
 #: VACUUM keeps files a reader of the last 7 days of versions may still need (Delta's default);
 #: time travel to a version older than that fails after a VACUUM.
