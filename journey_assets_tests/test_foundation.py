@@ -123,9 +123,10 @@ def test_write_frame_replaces_from_the_executors_one_task_on_ferretdb(
 
 def test_write_frame_replaces_rows_marked_stored_and_inserts_the_rest(
         spark, settings: Settings, mongo_db: Database) -> None:
-    """Rows marked stored (a session written by an earlier batch) are replaced by _id without
-    an insert attempt; one marked stored whose document is missing is still written, and the
-    marker column never reaches a document."""
+    """Rows marked stored (a session written by an earlier batch) are replaced, new rows
+    inserted, a row marked stored whose document is missing is still written, and the marker
+    column never reaches a document. (That no insert is tried first shows only as speed:
+    docs/streaming.md "FerretDB notes".)"""
     coll = "write_frame_stored_probe"
     target = MongoTarget(settings.mongo_uri, settings.mongo_db)
     mongo_db[coll].insert_many([{"_id": f"s{i}", "v": 0} for i in range(0, 200)])

@@ -230,12 +230,12 @@ class EventsSink:
                                    DATA_QUALITY_LEDGER, keep_existing=True,
                                    json_fields=LEDGER_JSON_FIELDS)
 
-            # Most batches reject nothing: then the dead-letter documents' Spark job (and its
-            # Python worker) is skipped.
-            rejected = any(g[REASON] is not None for g in groups)
             with self.stats.timed("events.dimensions"):
                 enriched = join_dimensions(events, _dimension(spark, self.product_path),
                                            _dimension(spark, self.user_path))
+            # Most batches reject nothing: then the dead-letter documents' Spark job (and its
+            # Python worker) is skipped.
+            rejected = any(g[REASON] is not None for g in groups)
             return {
                 LEDGER_FIGURES: {k: v for k, v in ledger.items() if k in LEDGER_SUMMARY},
                 DEAD_LETTER_EVENTS: self.stats.timed_write(
