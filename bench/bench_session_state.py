@@ -224,7 +224,7 @@ def main() -> None:
     settings = Settings()
     spark = build_spark_session(
         "local[2]", "bench_session_state", shuffle_partitions=4,
-        driver_memory=driver_heap(settings.spark_driver_memory, streaming=True))
+        driver_memory=driver_heap(settings.spark_driver_memory, streaming=True), streaming=True)
     spark.sparkContext.setLogLevel("ERROR")
     options = StreamOptions()
     results = {}

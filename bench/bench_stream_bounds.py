@@ -139,7 +139,8 @@ def main() -> None:
     n = sent.sent
     print(f"topic {settings.topic}: {n:,} events over {args.days} day(s)", flush=True)
     spark = build_spark_session(
-        shuffle_partitions=2, driver_memory=driver_heap(base.spark_driver_memory, streaming=True))
+        shuffle_partitions=2, driver_memory=driver_heap(base.spark_driver_memory, streaming=True),
+        streaming=True)
     target = target_from(settings)
     options = StreamOptions(mode="available-now")
     try:

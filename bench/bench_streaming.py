@@ -310,7 +310,7 @@ def main() -> None:
     heap = driver_heap(base.spark_driver_memory, streaming=True)
     spark = build_spark_session(master=base.spark_master, app_name="bench_streaming",
                                 shuffle_partitions=args.shuffle_partitions, driver_memory=heap,
-                                extra_conf=extra_conf)
+                                extra_conf=extra_conf, streaming=True)
     print(f"load average at start: {os.getloadavg()}; master {base.spark_master}; "
           f"driver heap {heap}; conf {extra_conf}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_streaming_") as tmp:

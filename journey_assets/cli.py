@@ -326,7 +326,8 @@ def stream(mode: str, max_offsets: int, trigger_seconds: float,
         spark = build_spark_session(
             master=settings.spark_master, app_name="journey_stream",
             shuffle_partitions=shuffle_partitions,
-            driver_memory=driver_heap(settings.spark_driver_memory, streaming=True))
+            driver_memory=driver_heap(settings.spark_driver_memory, streaming=True),
+            streaming=True)
         click.echo(f"streaming {settings.topic} -> {settings.mongo_db} ({mode})", err=True)
         summary = run_stream(spark, target, options,
                              on_progress=lambda _q, rec: click.echo(format_progress(rec)))

@@ -3,7 +3,9 @@
 Documents are written where Spark's data is: ``write_frame`` runs the writes inside executor
 tasks (``mapInArrow``), partition by partition, with one long-lived ``MongoClient`` per executor
 Python worker; the driver only receives one small summary row per partition. Adding executors
-adds write throughput, and no micro-batch or partition passes through the driver.
+adds write throughput, and no micro-batch or partition passes through the driver. What the
+driver makes itself from its counters (the streaming ledger's one document per micro-batch) it
+writes with ``write_documents``, without a Spark job.
 
 The one rule for values (``arrow_documents``):
 
@@ -269,7 +271,8 @@ class MongoTarget:
     write_strategy: str = "auto"
 
 
-#: One client per (executor Python worker process, URI); workers are reused across tasks.
+#: One client per (process, URI): executor Python workers are reused across tasks; the driver
+#: has one for ``write_documents``.
 _CLIENTS: dict[str, MongoClient] = {}
 _CLIENTS_LOCK = threading.Lock()
 
@@ -309,7 +312,7 @@ def _driver_strategy(target: MongoTarget) -> str:
     return _STRATEGIES[target.uri]
 
 
-def _executor_client(uri: str) -> MongoClient:
+def _process_client(uri: str) -> MongoClient:
     with _CLIENTS_LOCK:
         client = _CLIENTS.get(uri)
         if client is None:
@@ -341,7 +344,7 @@ def write_batches(frame: DataFrame, target: MongoTarget, collection: str,
     """Run ``write_batch`` over the Arrow batches of ``frame`` in the executor tasks, each with
     its worker's long-lived client; the driver collects one summary row per task."""
     def write_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        db = _executor_client(target.uri)[target.database]
+        db = _process_client(target.uri)[target.database]
         rows = written = 0
         for batch in batches:
             if batch.num_rows == 0:
@@ -361,6 +364,16 @@ def write_batches(frame: DataFrame, target: MongoTarget, collection: str,
             summary.by_executor[row["executor"]] = (
                 summary.by_executor.get(row["executor"], 0) + row["written"])
     return summary
+
+
+def write_documents(target: MongoTarget, collection: str,
+                    documents: Iterable[Mapping[str, Any]], keep_existing: bool = False) -> int:
+    """Write a few documents from this process, without a Spark job: records the driver makes
+    from its own counters (the ledger's one document per micro-batch), as ``arrow_documents``
+    would make them. Rows of a DataFrame go through ``write_frame``, from the executors."""
+    db = _process_client(target.uri)[target.database]
+    return upsert_documents(db, collection, documents, strategy=_driver_strategy(target),
+                            keep_existing=keep_existing)
 
 
 def write_frame(frame: DataFrame, target: MongoTarget, collection: str,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
@@ -15,9 +16,11 @@ from journey_assets.serving import (
     MongoTarget,
     is_ferretdb,
     upsert_documents,
+    write_documents,
     write_frame,
 )
 from journey_assets.settings import Settings
+from journey_assets.streaming.ledger import DATA_QUALITY_LEDGER, ledger_document, ledger_problems
 
 
 def test_kafka_records_read_back_through_spark_batch_source(spark, settings: Settings,
@@ -91,6 +94,31 @@ def test_replacing_in_shared_commands_still_writes_a_document_deleted_meanwhile(
     _replace_existing(coll, [{"_id": f"s-{i}", "v": 1} for i in range(n)])
     assert coll.count_documents({}) == n
     assert coll.count_documents({"v": 1}) == n
+
+
+def test_driver_written_ledger_document_keeps_its_first_record_and_its_types(
+        settings: Settings, mongo_db: Database) -> None:
+    """The ledger's document is written by the driver (``write_documents``, no Spark job):
+    insert-only, so a replayed batch keeps the first record; sub-documents and the UTC
+    instant arrive as BSON, as ``arrow_documents`` would make them."""
+    target = MongoTarget(settings.mongo_uri, settings.mongo_db)
+    offsets = [{"partition": 0, "start": 0, "end": 12, "read": 12, "first_read": 0,
+                "last_read": 11, "skipped": 0, "skipped_range": None, "gaps": 0}]
+    first = ledger_document("app", 3, "topic", records_in=12, valid=10, source_rows=9,
+                            inserted=7, dead_lettered={"missing_user_id": 2}, offsets=offsets)
+    assert write_documents(target, DATA_QUALITY_LEDGER, [first], keep_existing=True) == 1
+    replay = {**first, "inserted": 0, "duplicates_in_lake": 9}  # the replay finds them stored
+    assert write_documents(target, DATA_QUALITY_LEDGER, [replay], keep_existing=True) == 0
+
+    stored = mongo_db[DATA_QUALITY_LEDGER].find_one({"_id": "app:3"})
+    assert mongo_db[DATA_QUALITY_LEDGER].count_documents({}) == 1
+    assert (stored["inserted"], stored["duplicates_in_batch"], stored["duplicates_in_lake"]) == (
+        7, 1, 2)
+    assert stored["dead_lettered"] == {"missing_user_id": 2}
+    assert stored["offsets"][0]["read"] == 12
+    assert isinstance(stored["recorded_at"], datetime)
+    assert abs((datetime.now(UTC) - stored["recorded_at"]).total_seconds()) < 60
+    assert ledger_problems(stored) == []
 
 
 def test_definitions_load_and_validate(settings: Settings) -> None:

@@ -83,8 +83,9 @@ def test_local_cluster_writes_from_the_executors(
     result = json.loads(next(line for line in proc.stdout.splitlines()
                              if line.startswith("RESULT "))[len("RESULT "):])
 
-    # Two executor processes besides the driver, and every document and lake record was
-    # written by them, none by the driver.
+    # Two executor processes besides the driver, and every data document and lake record was
+    # written by them, none by the driver (it writes only the ledger's document per batch, from
+    # its own counters: assert_matches_truth checks those below).
     assert {"0", "1"} <= set(result["executors"]), result
     for collection in ("enriched_events", "dead_letter_events", "event_aggregations",
                        "user_session_analytics", "conversion_funnel"):

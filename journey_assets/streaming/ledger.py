@@ -2,7 +2,9 @@
 
 One document per micro-batch of the events query, ``_id`` ``<app id>:<batch id>`` (the app id
 is the query's, kept in its checkpoint), written insert-only after the batch's lake commit, so
-a replayed batch keeps its first record. Its figures:
+a replayed batch keeps its first record. Its figures are the driver's own counters (the counts
+job's few rows, the MERGE's metrics, the checkpoint's offsets), so the driver writes it, one
+small document per micro-batch; the batch's rows stay on the executors. Its figures:
 
 * ``offsets``: per Kafka partition, the range the batch was planned to read (from the
   checkpoint's offset log: ``[end of batch - 1, end of batch)``), the records read, and the
@@ -33,19 +35,12 @@ DATA_QUALITY_LEDGER = "data_quality_ledger"
 #: Counts that make up ``records_in``.
 OUTCOMES = ("inserted", "duplicates_in_batch", "duplicates_in_lake", "late_dropped")
 
-LEDGER_SCHEMA = ("_id string, query string, app_id string, batch_id long, topic string, "
-                 "records_in long, valid long, inserted long, duplicates_in_batch long, "
-                 "duplicates_in_lake long, late_dropped long, dead_lettered string, "
-                 "dead_lettered_total long, offsets string, skipped_offsets long, "
-                 "gap_offsets long, recorded_at timestamp")
 #: Key of a micro-batch's ledger figures in the events sink's output (progress, metadata).
 LEDGER_FIGURES = "ledger"
 #: The ledger figures shown in the streaming assets' metadata.
 LEDGER_SUMMARY = ("batch_id", "records_in", "inserted", "duplicates_in_batch",
                   "duplicates_in_lake", "late_dropped", "dead_lettered_total",
                   "skipped_offsets", "gap_offsets")
-#: Text columns of the ledger row stored as sub-documents.
-LEDGER_JSON_FIELDS = ("dead_lettered", "offsets")
 
 
 def read_checkpoint_text(spark: SparkSession, path: str) -> str | None:
@@ -111,19 +106,18 @@ def offset_entries(read: Mapping[int, tuple[int, int, int]], start: Mapping[int,
     return entries
 
 
-def ledger_row(app_id: str, batch_id: int, topic: str, *, records_in: int, valid: int,
-               source_rows: int, inserted: int, dead_lettered: Mapping[str, int],
-               offsets: list[dict[str, Any]]) -> dict[str, Any]:
-    """The ledger's row for one events micro-batch (``LEDGER_SCHEMA``; JSON text for the
-    sub-documents, ``LEDGER_JSON_FIELDS``)."""
+def ledger_document(app_id: str, batch_id: int, topic: str, *, records_in: int, valid: int,
+                    source_rows: int, inserted: int, dead_lettered: Mapping[str, int],
+                    offsets: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ledger's document for one events micro-batch (``recorded_at`` a UTC instant)."""
     return {
         "_id": f"{app_id}:{batch_id}", "query": "events", "app_id": app_id,
         "batch_id": batch_id, "topic": topic, "records_in": records_in, "valid": valid,
         "inserted": inserted, "duplicates_in_batch": valid - source_rows,
         "duplicates_in_lake": source_rows - inserted, "late_dropped": 0,
-        "dead_lettered": json.dumps(dict(sorted(dead_lettered.items()))),
+        "dead_lettered": dict(sorted(dead_lettered.items())),
         "dead_lettered_total": sum(dead_lettered.values()),
-        "offsets": json.dumps(offsets),
+        "offsets": offsets,
         "skipped_offsets": sum(e["skipped"] for e in offsets),
         "gap_offsets": sum(e["gaps"] for e in offsets),
         "recorded_at": datetime.now(UTC),

@@ -2,7 +2,8 @@
 
 Nothing of a micro-batch is collected to the driver: the Delta commits are Spark writes (data
 files written by executor tasks, the log by the driver), and the MongoDB documents are written
-by executor tasks (``serving.write_frame``). The driver keeps only counters.
+by executor tasks (``serving.write_frame``). The driver keeps only counters, and writes the
+one data-quality ledger document per batch that they make (``serving.write_documents``).
 
 * The lake (``journey_assets.lake``): events and dead letters are MERGEd insert-only by their
   key, inside a commit that carries ``(txnAppId, txnVersion) = (query id, batch id)``: a batch
@@ -42,15 +43,14 @@ from journey_assets.serving import (
     WriteSummary,
     add_counters_once,
     write_batches,
+    write_documents,
     write_frame,
 )
 from journey_assets.streaming.ledger import (
     DATA_QUALITY_LEDGER,
     LEDGER_FIGURES,
-    LEDGER_JSON_FIELDS,
-    LEDGER_SCHEMA,
     LEDGER_SUMMARY,
-    ledger_row,
+    ledger_document,
     offset_entries,
     planned_ranges,
 )
@@ -223,12 +223,12 @@ class EventsSink:
                                          self._app_id, batch_id,
                                          partitions={g[RECEIVED_DATE] for g in groups if g[REASON]})
             fault_point("after_lake", batch_id)
-            with self.stats.timed("events.ledger_row"):
-                ledger = self._ledger_row(spark, batch_id, groups, inserted)
+            with self.stats.timed("events.ledger_document"):
+                ledger = self._ledger_document(spark, batch_id, groups, inserted)
+            # The driver's own counters, one document: written from here, no Spark job.
             # Insert-only: a replayed batch keeps the first record of it.
-            self.stats.timed_write(spark.createDataFrame([ledger], LEDGER_SCHEMA), self.mongo,
-                                   DATA_QUALITY_LEDGER, keep_existing=True,
-                                   json_fields=LEDGER_JSON_FIELDS)
+            with self.stats.timed(f"mongo.{DATA_QUALITY_LEDGER}"):
+                write_documents(self.mongo, DATA_QUALITY_LEDGER, [ledger], keep_existing=True)
 
             with self.stats.timed("events.dimensions"):
                 enriched = join_dimensions(events, _dimension(spark, self.product_path),
@@ -249,7 +249,7 @@ class EventsSink:
         finally:
             events.unpersist()
 
-    def _ledger_row(self, spark: SparkSession, batch_id: int, groups: list[Row],
+    def _ledger_document(self, spark: SparkSession, batch_id: int, groups: list[Row],
                     inserted: lake.InsertCounts) -> dict[str, Any]:
         dead: dict[str, int] = defaultdict(int)
         read: dict[int, tuple[int, int, int]] = {}
@@ -261,7 +261,7 @@ class EventsSink:
                 read[g["partition"]] = (count + g["rows"], min(first, g["first"]),
                                         max(last, g["last"]))
         start, end = planned_ranges(spark, self.checkpoint, batch_id, self.topic)
-        return ledger_row(
+        return ledger_document(
             self._app_id or "", batch_id, self.topic,
             records_in=sum(g["rows"] for g in groups),
             valid=sum(g["rows"] for g in groups if g[REASON] is None),
