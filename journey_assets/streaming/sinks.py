@@ -250,7 +250,7 @@ class EventsSink:
             events.unpersist()
 
     def _ledger_document(self, spark: SparkSession, batch_id: int, groups: list[Row],
-                    inserted: lake.InsertCounts) -> dict[str, Any]:
+                         inserted: lake.InsertCounts) -> dict[str, Any]:
         dead: dict[str, int] = defaultdict(int)
         read: dict[int, tuple[int, int, int]] = {}
         for g in groups:
