@@ -1,6 +1,7 @@
 """The streaming pipeline against the bounds its components set, side by side on one topic.
 
     .local/venv/bin/python bench/bench_stream_bounds.py [--events 300000] [--days 1]
+    .local/venv/bin/python bench/bench_streaming.py --bounds --events 300000   (the same)
 
 One topic of ``--events`` synthetic events (REES46-like), one Spark session (local[2]), each
 run available-now with the default ``maxOffsetsPerTrigger`` over the whole topic:
@@ -120,12 +121,9 @@ def _lake_cost(spark, events_path: str, scratch: Path) -> float:
         rows.unpersist()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=300_000)
-    parser.add_argument("--days", type=int, default=1)
-    args = parser.parse_args()
-
+def run_bounds(events: int = 300_000, days: int = 1) -> None:
+    """Print every figure and the ratio, in one run on one fresh topic of ``events`` events
+    (also ``bench_streaming.py --bounds``)."""
     base = Settings.from_env()
     require_servers(base.kafka, base.mongo_uri)
     tag = uuid.uuid4().hex[:6]
@@ -133,11 +131,10 @@ def main() -> None:
     settings = replace(base, topic=f"bench_bounds_{tag}", mongo_db=f"bench_bounds_{tag}",
                        data_dir=work / "data")
     ensure_topic(settings.kafka_bootstrap, settings.topic, partitions=3)
-    sent = produce(generate_records(SyntheticConfig(n_events=args.events, seed=1,
-                                                    days=args.days)),
+    sent = produce(generate_records(SyntheticConfig(n_events=events, seed=1, days=days)),
                    settings.kafka_bootstrap, settings.topic, progress=False)
     n = sent.sent
-    print(f"topic {settings.topic}: {n:,} events over {args.days} day(s)", flush=True)
+    print(f"topic {settings.topic}: {n:,} events over {days} day(s)", flush=True)
     spark = build_spark_session(
         shuffle_partitions=2, driver_memory=driver_heap(base.spark_driver_memory, streaming=True),
         streaming=True)
@@ -186,6 +183,14 @@ def main() -> None:
         spark.stop()
         MongoClient(settings.mongo_uri).drop_database(settings.mongo_db)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--days", type=int, default=1)
+    args = parser.parse_args()
+    run_bounds(args.events, args.days)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ latency in continuous mode.
 
     .local/venv/bin/python bench/bench_streaming.py [--events 200000] [--max-offsets 50000]
         [--latency-rate 2000] [--latency-seconds 60] [--trigger-seconds 1]
+    .local/venv/bin/python bench/bench_streaming.py --bounds --events 300000
 
 1. Throughput: ``--events`` synthetic events are produced into a fresh topic first, then an
    available-now run drains it (``--max-offsets`` per micro-batch). Prints events/s over the
@@ -16,6 +17,11 @@ latency in continuous mode.
    sees it - its send time. Each rate runs with the sessions query and without it
    (``--sessions both``). Prints p50/p95/max and the trace: p95 per 10 s of send time (a
    periodic burst of work shows as a spike there).
+3. ``--bounds``: instead of 1 and 2, the pipeline against the bounds its components set, in
+   one run on one topic (``bench_stream_bounds.py``): the Spark floor (Kafka -> parse ->
+   no-op), floor + the windowed aggregation, floor + the session state, the whole pipeline,
+   the MongoDB server's insert ceiling for the same documents alone, the lake's commits
+   alone, and the ratio of the pipeline to the bound they set together.
 Uses the JOURNEY_* environment for Kafka/Mongo; throw-away topic, database and data dir.
 """
 
@@ -300,7 +306,15 @@ def main() -> None:
                         help="extra Spark configuration (repeatable), to try a setting")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--bounds", action="store_true",
+                        help="print the pipeline against its components' bounds instead "
+                             "(bench_stream_bounds.py; --events, --days)")
     args = parser.parse_args()
+    if args.bounds:
+        from bench_stream_bounds import run_bounds  # this script's directory is on sys.path
+
+        run_bounds(args.events, args.days)
+        return
     extra_conf = {"spark.scheduler.mode": args.scheduler_mode}
     extra_conf.update(item.split("=", 1) for item in args.conf)
 
