@@ -280,7 +280,9 @@ def _p95(ordered: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--events", type=int, default=None,
+                        help="events of the throughput run (default 200,000; 300,000 with "
+                             "--bounds)")
     parser.add_argument("--max-offsets", type=int, default=50_000)
     parser.add_argument("--days", type=int, default=1,
                         help="event-time span of the throughput data (REES46: ~1.4M events/day)")
@@ -313,7 +315,7 @@ def main() -> None:
     if args.bounds:
         from bench_stream_bounds import run_bounds  # this script's directory is on sys.path
 
-        run_bounds(args.events, args.days)
+        run_bounds(args.events or 300_000, args.days)
         return
     extra_conf = {"spark.scheduler.mode": args.scheduler_mode}
     extra_conf.update(item.split("=", 1) for item in args.conf)
@@ -329,7 +331,8 @@ def main() -> None:
           f"driver heap {heap}; conf {extra_conf}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_streaming_") as tmp:
         if not args.skip_throughput:
-            throughput(base, spark, Path(tmp), args.events, args.max_offsets, args.days)
+            throughput(base, spark, Path(tmp), args.events or 200_000, args.max_offsets,
+                       args.days)
         results = []
         flags = {"both": (True, False), "on": (True,), "off": (False,)}[args.sessions]
         variants = [(sessions, True) for sessions in flags]

@@ -149,11 +149,14 @@ def _fault_point(collection: str) -> None:
         import signal
 
         # A Python worker runs in a process group of its own: kill the JVM's (the driver's).
+        # Without a JVM above it (a write from the driver's Python process), its own group.
         pid = os.getpid()
         for _ in range(4):
             if Path(f"/proc/{pid}/exe").resolve().name == "java":
                 break
             pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        else:
+            pid = os.getpid()
         os.killpg(os.getpgid(pid), signal.SIGKILL)
 
 
@@ -271,9 +274,9 @@ class MongoTarget:
     write_strategy: str = "auto"
 
 
-#: One client per (process, URI): executor Python workers are reused across tasks; the driver
-#: has one for ``write_documents``.
-_CLIENTS: dict[str, MongoClient] = {}
+#: One client per (process, URI, client name): executor Python workers are reused across tasks;
+#: the driver has one for ``write_documents``.
+_CLIENTS: dict[tuple[str, str], MongoClient] = {}
 _CLIENTS_LOCK = threading.Lock()
 
 
@@ -301,23 +304,29 @@ def executor_id() -> str:
 _STRATEGIES: dict[str, str] = {}
 
 
+#: The driver's client name: its short-lived client (the write strategy) and its one writer
+#: (``write_documents``) show apart from the executors' (``journey-executor-<id>-<pid>``) in
+#: the server's connection list.
+DRIVER_APP_NAME = "journey-driver"
+
+
 def _driver_strategy(target: MongoTarget) -> str:
-    """The write strategy, resolved on the driver once per URI (with a short-lived client, so
-    the server's connection list keeps showing only the executors as writers)."""
+    """The write strategy, resolved on the driver once per URI (with a short-lived client)."""
     if target.write_strategy != "auto":
         return checked_strategy(target.write_strategy)
     if target.uri not in _STRATEGIES:
-        with mongo_client(target.uri, app_name="journey-driver") as client:
+        with mongo_client(target.uri, app_name=DRIVER_APP_NAME) as client:
             _STRATEGIES[target.uri] = write_strategy_for(client[target.database])
     return _STRATEGIES[target.uri]
 
 
-def _process_client(uri: str) -> MongoClient:
+def _process_client(uri: str, app_name: str | None = None) -> MongoClient:
+    """This process's long-lived client for ``uri`` (named after its executor by default)."""
+    name = app_name or f"journey-executor-{executor_id()}-{os.getpid()}"
     with _CLIENTS_LOCK:
-        client = _CLIENTS.get(uri)
+        client = _CLIENTS.get((uri, name))
         if client is None:
-            client = _CLIENTS[uri] = mongo_client(
-                uri, app_name=f"journey-executor-{executor_id()}-{os.getpid()}")
+            client = _CLIENTS[(uri, name)] = mongo_client(uri, app_name=name)
         return client
 
 
@@ -371,7 +380,7 @@ def write_documents(target: MongoTarget, collection: str,
     """Write a few documents from this process, without a Spark job: records the driver makes
     from its own counters (the ledger's one document per micro-batch), as ``arrow_documents``
     would make them. Rows of a DataFrame go through ``write_frame``, from the executors."""
-    db = _process_client(target.uri)[target.database]
+    db = _process_client(target.uri, DRIVER_APP_NAME)[target.database]
     return upsert_documents(db, collection, documents, strategy=_driver_strategy(target),
                             keep_existing=keep_existing)
 

@@ -40,7 +40,7 @@ from journey_assets.settings import Settings
 from journey_assets.streaming.pipeline import StreamOptions, run_stream, target_from
 
 spark = build_spark_session(master="local-cluster[2,1,1024]", app_name="journey_scale_out",
-                            shuffle_partitions=2, driver_memory="1g")
+                            shuffle_partitions=2, driver_memory="1g", streaming=True)
 summary = run_stream(spark, target_from(Settings.from_env()),
                      StreamOptions(mode="available-now", max_offsets_per_trigger=2_000))
 api = f"{spark.sparkContext.uiWebUrl}/api/v1/applications/{spark.sparkContext.applicationId}"

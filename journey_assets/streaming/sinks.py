@@ -123,6 +123,10 @@ class SinkStats:
                 self.writers[collection][executor] += n
         return summary.written
 
+    def add_documents(self, collection: str, written: int) -> None:
+        with self._lock:
+            self.documents[f"mongo.{collection}"] += written
+
     def add_seconds(self, name: str, seconds: float) -> None:
         with self._lock:
             self.seconds[name] += seconds
@@ -228,7 +232,9 @@ class EventsSink:
             # The driver's own counters, one document: written from here, no Spark job.
             # Insert-only: a replayed batch keeps the first record of it.
             with self.stats.timed(f"mongo.{DATA_QUALITY_LEDGER}"):
-                write_documents(self.mongo, DATA_QUALITY_LEDGER, [ledger], keep_existing=True)
+                written = write_documents(self.mongo, DATA_QUALITY_LEDGER, [ledger],
+                                          keep_existing=True)
+            self.stats.add_documents(DATA_QUALITY_LEDGER, written)
 
             with self.stats.timed("events.dimensions"):
                 enriched = join_dimensions(events, _dimension(spark, self.product_path),
