@@ -46,7 +46,7 @@ from pathlib import Path
 import pandas as pd
 from pyspark.sql import DataFrame
 
-from journey_assets.resources.spark import build_spark_session, driver_heap
+from journey_assets.resources.spark import build_spark_session
 from journey_assets.schema import (
     EVENT_ID,
     EVENT_TIME,
@@ -224,7 +224,7 @@ def main() -> None:
     settings = Settings()
     spark = build_spark_session(
         "local[2]", "bench_session_state", shuffle_partitions=4,
-        driver_memory=driver_heap(settings.spark_driver_memory, streaming=True), streaming=True)
+        driver_memory=settings.spark_driver_memory, streaming=True)
     spark.sparkContext.setLogLevel("ERROR")
     options = StreamOptions()
     results = {}

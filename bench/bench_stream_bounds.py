@@ -39,7 +39,7 @@ from pymongo import MongoClient
 
 from journey_assets import lake
 from journey_assets.resources.kafka import ensure_topic
-from journey_assets.resources.spark import build_spark_session, driver_heap
+from journey_assets.resources.spark import build_spark_session
 from journey_assets.schema import EVENT_DATE, EVENT_ID
 from journey_assets.serving import upsert_documents
 from journey_assets.settings import Settings
@@ -136,8 +136,7 @@ def run_bounds(events: int = 300_000, days: int = 1) -> None:
     n = sent.sent
     print(f"topic {settings.topic}: {n:,} events over {days} day(s)", flush=True)
     spark = build_spark_session(
-        shuffle_partitions=2, driver_memory=driver_heap(base.spark_driver_memory, streaming=True),
-        streaming=True)
+        shuffle_partitions=2, driver_memory=base.spark_driver_memory, streaming=True)
     target = target_from(settings)
     options = StreamOptions(mode="available-now")
     try:

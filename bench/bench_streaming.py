@@ -45,7 +45,7 @@ from pymongo import MongoClient
 
 from journey_assets.local.stack import LocalStack
 from journey_assets.resources.kafka import ensure_topic
-from journey_assets.resources.spark import build_spark_session, driver_heap
+from journey_assets.resources.spark import build_spark_session
 from journey_assets.schema import TIME_FORMAT_PY, category_l1, event_id, validate_record
 from journey_assets.serving import upsert_documents
 from journey_assets.settings import Settings
@@ -322,11 +322,12 @@ def main() -> None:
 
     base = Settings.from_env()
     require_servers(base.kafka, base.mongo_uri)
-    # The streaming job's own heap (journey stream, the streaming asset), not batch's.
-    heap = driver_heap(base.spark_driver_memory, streaming=True)
+    # The streaming job's own session (journey stream, the streaming asset): its heap, not batch's.
     spark = build_spark_session(master=base.spark_master, app_name="bench_streaming",
-                                shuffle_partitions=args.shuffle_partitions, driver_memory=heap,
-                                extra_conf=extra_conf, streaming=True)
+                                shuffle_partitions=args.shuffle_partitions,
+                                driver_memory=base.spark_driver_memory, extra_conf=extra_conf,
+                                streaming=True)
+    heap = spark.conf.get("spark.driver.memory")
     print(f"load average at start: {os.getloadavg()}; master {base.spark_master}; "
           f"driver heap {heap}; conf {extra_conf}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_streaming_") as tmp:

@@ -286,7 +286,7 @@ def stream(mode: str, max_offsets: int, trigger_seconds: float,
            events_trigger_seconds: float | None, sessions_trigger_seconds: float | None,
            session_gap: float, stall_timeout: float, shuffle_partitions: int) -> None:
     """Kafka -> Spark Structured Streaming -> MongoDB + lake (checkpoints under JOURNEY_DATA_DIR)."""
-    from journey_assets.resources.spark import build_spark_session, driver_heap
+    from journey_assets.resources.spark import build_spark_session
     from journey_assets.settings import Settings
     from journey_assets.streaming.lease import CheckpointLease, LeaseHeld
     from journey_assets.streaming.pipeline import (
@@ -326,8 +326,7 @@ def stream(mode: str, max_offsets: int, trigger_seconds: float,
         spark = build_spark_session(
             master=settings.spark_master, app_name="journey_stream",
             shuffle_partitions=shuffle_partitions,
-            driver_memory=driver_heap(settings.spark_driver_memory, streaming=True),
-            streaming=True)
+            driver_memory=settings.spark_driver_memory, streaming=True)
         click.echo(f"streaming {settings.topic} -> {settings.mongo_db} ({mode})", err=True)
         summary = run_stream(spark, target, options,
                              on_progress=lambda _q, rec: click.echo(format_progress(rec)))

@@ -38,11 +38,12 @@ def driver_heap(configured: str | None = None, streaming: bool = False) -> str:
 
 def build_spark_session(
     master: str = "local[2]", app_name: str = "journey_assets", shuffle_partitions: int = 4,
-    driver_memory: str = BATCH_DRIVER_MEMORY, extra_conf: dict[str, str] | None = None,
+    driver_memory: str | None = None, extra_conf: dict[str, str] | None = None,
     streaming: bool = False,
 ) -> SparkSession:
     """Get (or create) the process's Spark session with the Kafka connector and Delta Lake on
-    its classpath; ``streaming``: with the streaming job's settings (``STREAM_SESSION_CONF``).
+    its classpath. ``streaming``: the streaming job's session - its heap (``driver_heap``, unless
+    ``driver_memory`` is given) and its settings (``STREAM_SESSION_CONF``).
 
     Connector jars are resolved once into ``.local/spark-jars`` (or come baked into the image),
     so starting a session needs no network.
@@ -57,7 +58,7 @@ def build_spark_session(
         SparkSession.builder.master(master)
         .appName(app_name)
         .config("spark.jars", jars)
-        .config("spark.driver.memory", driver_memory)
+        .config("spark.driver.memory", driver_heap(driver_memory, streaming))
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
         .config("spark.sql.adaptive.enabled", "true")
@@ -127,7 +128,7 @@ class SparkResource(dg.ConfigurableResource):
         """The session; the first call in a process fixes the driver's heap, so the streaming
         run (a process of its own) asks with ``streaming=True``."""
         return build_spark_session(self.master, self.app_name, self.shuffle_partitions,
-                                   self.driver_heap(streaming), self.conf, streaming=streaming)
+                                   self.driver_memory, self.conf, streaming=streaming)
 
     def driver_heap(self, streaming: bool = False) -> str:
         return driver_heap(self.driver_memory, streaming)
